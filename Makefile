@@ -1,0 +1,35 @@
+# Each target creates or reuses .venv and installs what it needs (torch==2.13.0 first, pinned).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export VAELAB_DATA ?= $(abspath ../shared/data)
+
+.PHONY: venv demo test bench bench-lda lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+
+demo: venv
+	$(BIN)/vaelab demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+bench: venv
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_train.py
+
+bench-lda: venv
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_lda.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,222 @@
+"""Core subcommands: train, eval, sample, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from vaelab.cli import command
+from vaelab.errors import VaelabError
+
+DEMO_MNIST = {
+    "name": "demo",
+    "model": {"name": "vae", "latent_dim": 2, "hidden": [512, 256], "activation": "relu"},
+    "data": {"name": "mnist", "binarize": "dynamic", "valid_size": 5000},
+    "train": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_final": 3e-4, "schedule": "cosine",
+              "log_every": 50},
+    "eval": {"is_samples": 100, "max_examples": 2000},
+}
+DEMO_DIGITS = {
+    "name": "demo",
+    "model": {"name": "vae", "latent_dim": 2, "hidden": [256, 128], "activation": "relu"},
+    "data": {"name": "digits", "binarize": "dynamic"},
+    "train": {"epochs": 300, "batch_size": 64, "lr": 2e-3, "lr_final": 2e-4, "schedule": "cosine",
+              "log_every": 20},
+    "eval": {"is_samples": 1000},
+}
+
+
+def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    if seed:
+        p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's train.seed)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    g.add_argument("--quiet", dest="progress", action="store_false", help="never show progress bars")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a TOML preset, e.g. configs/vae_mnist.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the test evaluation, figures and report")
+    _common(p)
+
+
+def _init_distributed(device_name: str):
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); return the device."""
+    import torch
+    import torch.distributed as dist
+
+    from vaelab.experiment import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return resolve_device(device_name)
+    device = resolve_device(device_name)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+@command("train", "train a model from a TOML config; writes runs/NAME with checkpoints, metrics and a report",
+         _train_args)
+def train_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    import torch.distributed as dist
+
+    from vaelab.config import apply_overrides, config_from_dict, parse_overrides, read_toml
+    from vaelab.experiment import evaluate_run, format_eval, train_run
+
+    if args.resume and args.out and (Path(args.out) / "config.json").is_file() and not args.config:
+        base = json.loads((Path(args.out) / "config.json").read_text(encoding="utf-8"))
+    elif args.config:
+        base = read_toml(args.config)
+    else:
+        raise VaelabError("give a config file (vaelab train configs/vae_digits.toml) or --resume --out RUN")
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    cfg = config_from_dict(apply_overrides(base, parse_overrides(overrides)))
+    name = cfg.name or (Path(args.config).stem if args.config else "run")
+    run_dir = Path(args.out) if args.out else Path("runs") / name
+    device = _init_distributed(args.device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        print(f"training {cfg.model.name} on {cfg.data.name} ({device}) -> {run_dir}", file=sys.stderr)
+    trainer, prep = train_run(cfg, run_dir, device=device, resume=args.resume, progress=args.progress)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    reason = trainer.stop_reason or "finished"
+    print(f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
+          f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}")
+    if trainer.stop_reason and "interrupted" in trainer.stop_reason:
+        print(f"resume with: vaelab train --resume --out {run_dir}")
+        return 130
+    if not args.no_eval:
+        result = evaluate_run(run_dir, device, progress=args.progress)
+        print(format_eval(result))
+        path = _build_report(run_dir)
+        print(f"report: {path}")
+    return 0
+
+
+def _build_report(run_dir: Path) -> Path:
+    from vaelab.report.build import build_report
+
+    return build_report(run_dir)
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder written by vaelab train (e.g. runs/demo)")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--is-samples", type=int, default=None, help="importance samples K per example")
+    p.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N test examples")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                   help="the best-validation checkpoint (default) or the latest one")
+    _common(p)
+
+
+@command("eval", "evaluate a run: test ELBO, IS log p(x) ± s.e., bits/dim, KL, active units", _eval_args)
+def eval_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    from vaelab.experiment import evaluate_run, format_eval, resolve_device
+
+    if args.is_samples is not None and args.is_samples < 1:
+        raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    result = evaluate_run(args.run, resolve_device(args.device), k=args.is_samples, max_examples=args.max_examples,
+                          progress=args.progress, which=args.checkpoint)
+    print(format_eval(result))
+    print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")
+    return 0
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("--png", help="also write the grid to this PNG file")
+    _common(p)
+
+
+@command("sample", "draw samples from a trained run (figures/samples.npz, and a PNG grid)", _sample_args)
+def sample_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vaelab.experiment import resolve_device, sample_run
+    from vaelab.report.html import figure_png
+    from vaelab.report.plots import image_grid
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be >= 1, got {args.n}")
+    path = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
+    png = Path(args.png) if args.png else path.with_suffix(".png")
+    png.write_bytes(figure_png(image_grid(np.load(path)["images"], title=f"{args.n} samples")))
+    print(f"{args.n} samples: {png} (arrays in {path})")
+    return 0
+
+
+@command("report", "(re)build report.html of a run from its folder", _run_arg)
+def report_cmd(args: argparse.Namespace) -> int:
+    print(f"report: {_build_report(Path(args.run))}")
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; replaced if it exists)")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    _common(p)
+
+
+@command("demo", "train a small 2-D VAE (MNIST if present, else the bundled 8x8 digits) and write a report",
+         _demo_args)
+def demo_cmd(args: argparse.Namespace) -> int:
+    import shutil
+
+    from vaelab.config import config_from_dict
+    from vaelab.data import load_dataset
+    from vaelab.experiment import evaluate_run, format_eval, resolve_device, train_run
+
+    device = resolve_device(args.device)
+    try:
+        cfg = config_from_dict(DEMO_MNIST)
+        load_dataset(cfg.data)
+        which = "MNIST"
+    except VaelabError as exc:
+        print(f"MNIST not available ({exc}); using the bundled 8x8 digits instead", file=sys.stderr)
+        cfg = config_from_dict(DEMO_DIGITS)
+        which = "scikit-learn's 8x8 digits"
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    run_dir = Path(args.out)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    t0 = time.perf_counter()
+    print(f"demo: a VAE with a 2-D latent space on {which}, {cfg.train.epochs} epochs on {device} -> {run_dir}",
+          file=sys.stderr)
+    trainer, _ = train_run(cfg, run_dir, device=device, progress=args.progress)
+    result = evaluate_run(run_dir, device, progress=args.progress)
+    print(format_eval(result))
+    path = _build_report(run_dir)
+    print(f"done in {time.perf_counter() - t0:.0f} s. Open the report: {path.resolve()}")
+    return 0

@@ -1,0 +1,305 @@
+"""Run configuration: typed dataclasses owned by their components, loaded from TOML.
+
+A run config has four sections, ``model``, ``data``, ``train`` and ``eval``. The ``model`` section
+names a registered model (``model.name = "vae"``) whose own ``Config`` dataclass types the rest of
+the section. Overrides are dotted, ``--set train.lr=3e-4``, with values parsed as TOML
+(``--set model.hidden=[256,256]``); bare words are strings. Unknown keys and values of the wrong
+type are :class:`~vaelab.errors.VaelabError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vaelab.errors import VaelabError
+
+__all__ = [
+    "DataConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "from_dict",
+    "to_dict",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "config_from_dict",
+]
+
+
+@dataclass
+class DataConfig:
+    """Which data, and how it is turned into tensors.
+
+    name: a registered dataset (``vaelab data list``), ``folder:PATH`` (a folder of images) or
+        ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)).
+    binarize: ``dynamic`` draws x ~ Bernoulli(pixel) afresh for every batch; ``fixed`` draws once
+        with ``split_seed``; ``threshold`` rounds at 0.5; ``none`` keeps grey levels in [0, 1].
+    valid_size: held-out part of the training set for validation: a fraction (< 1) or a count,
+        used when the dataset has no official validation split.
+    image_size: [H, W] that folder images are resized to (empty: keep the first image's size).
+    channels: 1 (grey) or 3 (RGB) for folder images; 0 keeps what the files hold.
+    limit: use only the first N training examples (0: all) - for quick runs.
+    """
+
+    name: str = "digits"
+    binarize: Literal["dynamic", "fixed", "threshold", "none"] = "dynamic"
+    valid_size: float = 0.1
+    split_seed: int = 0
+    image_size: list[int] = field(default_factory=list)
+    channels: int = 0
+    limit: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if self.valid_size < 0:
+            raise VaelabError(f"{prefix}.valid_size must be >= 0 (a fraction < 1 or a count), got {self.valid_size}")
+        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise VaelabError(f"{prefix}.image_size must be [height, width] with positive sizes, got {self.image_size}")
+        if self.channels not in (0, 1, 3):
+            raise VaelabError(f"{prefix}.channels must be 0 (as stored), 1 or 3, got {self.channels}")
+        if self.limit < 0:
+            raise VaelabError(f"{prefix}.limit must be >= 0, got {self.limit}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation. Schedules are pure functions of the step (``vaelab.train.schedules``).
+
+    schedule: ``constant``, ``cosine`` or ``exponential`` decay from ``lr`` to ``lr_final`` over
+        the run, after ``warmup_steps`` of linear warm-up.
+    eval_every / checkpoint_every: in steps; 0 means once per epoch.
+    patience: early stopping after this many evaluations without improvement (0: off).
+    time_limit_min: stop (with a checkpoint) after this many minutes of training (0: no limit).
+    compile: run the model's loss through torch.compile.
+    threads: torch intra-op threads (0: PyTorch's default).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_final: float = 1e-3
+    schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    warmup_steps: int = 0
+    optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 0.0
+    seed: int = 0
+    eval_every: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    patience: int = 0
+    max_steps: int = 0
+    time_limit_min: float = 0.0
+    compile: bool = False
+    threads: int = 0
+
+    def validate(self, prefix: str) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise VaelabError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0 or self.lr_final <= 0:
+            raise VaelabError(f"{prefix}.lr and {prefix}.lr_final must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise VaelabError(f"{prefix}.betas must be two numbers in [0, 1), got {self.betas}")
+        for key in ("warmup_steps", "eval_every", "checkpoint_every", "patience", "max_steps", "threads"):
+            if getattr(self, key) < 0:
+                raise VaelabError(f"{prefix}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.keep_checkpoints < 1:
+            raise VaelabError(f"{prefix}.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after training and in ``vaelab eval``.
+
+    is_samples: K importance samples for log p(x) (Burda et al. use 5000).
+    batch_size: test examples per evaluation batch.
+    max_examples: evaluate on the first N test examples only (0: all).
+    n_samples: images in the samples figure.
+    """
+
+    is_samples: int = 1000
+    batch_size: int = 100
+    max_examples: int = 0
+    n_samples: int = 64
+    seed: int = 1234
+
+    def validate(self, prefix: str) -> None:
+        if self.is_samples < 1:
+            raise VaelabError(f"{prefix}.is_samples must be >= 1, got {self.is_samples}")
+        if self.batch_size < 1 or self.n_samples < 1 or self.max_examples < 0:
+            raise VaelabError(f"{prefix}.batch_size and {prefix}.n_samples must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """The whole run. ``model`` is the registered model's own Config dataclass."""
+
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = ""
+
+
+# ----------------------------------------------------------------------------- typed conversion
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise VaelabError(f"{key} must be one of {', '.join(map(repr, typing.get_args(tp)))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, key)
+            except VaelabError as exc:
+                errors.append(str(exc))
+        raise VaelabError(errors[0] if errors else f"{key} has the wrong type")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise VaelabError(f"{key} must be a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise VaelabError(f"{key} must be a table of settings, got {value!r}")
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise VaelabError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise VaelabError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise VaelabError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise VaelabError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def from_dict(cls: type, data: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a dict; unknown keys and wrong types raise with the key named."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise VaelabError(f"unknown config key {prefix}.{unknown[0]}; known keys in [{prefix}]: {known}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass tree as plain JSON/TOML-able data."""
+    return dataclasses.asdict(obj)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build a RunConfig; ``data['model']['name']`` selects the model's Config class."""
+    from vaelab.models import model_class
+
+    data = dict(data)
+    unknown = sorted(set(data) - {"model", "data", "train", "eval", "name"})
+    if unknown:
+        raise VaelabError(f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval]")
+    model = dict(data.get("model", {}))
+    if "name" not in model:
+        raise VaelabError("the config has no model.name; add name = \"vae\" to the [model] section")
+    cls = model_class(model["name"])
+    return RunConfig(
+        model=from_dict(cls.Config, model, "model"),
+        data=from_dict(DataConfig, data.get("data", {}), "data"),
+        train=from_dict(TrainConfig, data.get("train", {}), "train"),
+        eval=from_dict(EvalConfig, data.get("eval", {}), "eval"),
+        name=_convert(data.get("name", ""), str, "name"),
+    )
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.hidden=[256,256]"]`` -> nested dict of parsed values."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise VaelabError(f"--set needs key=value, got {item!r} (e.g. --set train.epochs=1)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise VaelabError(f"--set key {key!r} is not a dotted name like train.lr")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise VaelabError(f"--set {key}: {part} is a value, not a section")
+        node[last] = value
+    return out
+
+
+def apply_overrides(base: dict, overrides: dict) -> dict:
+    """Deep-merge ``overrides`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = apply_overrides(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise VaelabError(f"config file {path} not found; pass a TOML file such as configs/vae_digits.toml")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise VaelabError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML preset, apply ``--set`` overrides, and validate it all."""
+    data = apply_overrides(read_toml(path), parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+def dump_json(cfg: RunConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

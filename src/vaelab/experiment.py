@@ -1,0 +1,319 @@
+"""One run, end to end: config -> data -> model -> trainer -> evaluation -> figures -> report.
+
+This is the layer the CLI calls and that library users can call too (``train_run``,
+``evaluate_run``). It is the only place below the CLI that knows models *and* datasets.
+
+A run folder holds ``config.json``, ``command.txt``, ``metrics.jsonl``, ``checkpoints/``,
+``figures/`` (arrays as .npz, rendered by the report), ``eval.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaelab.config import RunConfig, config_from_dict, dump_json
+from vaelab.errors import VaelabError
+from vaelab.models import Model, build_model
+from vaelab.spec import DataSpec
+from vaelab.train import checkpoint as ckpt
+from vaelab.train.batching import TensorBatches, dynamic_binarize
+from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
+from vaelab.train.loop import Trainer
+
+__all__ = [
+    "resolve_device",
+    "Prepared",
+    "prepare",
+    "train_run",
+    "load_run_model",
+    "evaluate_run",
+    "write_figures",
+    "sample_run",
+]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VaelabError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def _fixed_binarize(x: Tensor, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(x.shape, generator=g) < x).to(x.dtype)
+
+
+@dataclass
+class Prepared:
+    """A model with its data, ready to train or evaluate."""
+
+    cfg: RunConfig
+    model: Model
+    spec: DataSpec
+    bundle: object  # vaelab.data.DataBundle
+    train: TensorBatches
+    valid: TensorBatches | None
+    test: TensorBatches | None
+    test_labels: Tensor | None
+    device: torch.device
+
+
+def _eval_split(x: Tensor | None, cfg: RunConfig) -> Tensor | None:
+    """Validation and test data as the model sees them: binarised once, with a fixed seed, when the
+    training data is binarised dynamically (so every evaluation scores the same binary images)."""
+    if x is None:
+        return None
+    if cfg.data.binarize == "dynamic":
+        return _fixed_binarize(x, cfg.data.split_seed + 1)
+    return x
+
+
+def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1, need_train: bool = True) -> Prepared:
+    from vaelab.data import load_dataset
+
+    bundle = load_dataset(cfg.data)
+    spec = bundle.spec
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, spec).to(device)
+    transform = dynamic_binarize if cfg.data.binarize == "dynamic" else None
+    train = TensorBatches(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                          transform=transform, device=device, rank=rank, world=world)
+    valid_x = _eval_split(bundle.valid, cfg)
+    test_x = _eval_split(bundle.test, cfg)
+    ebs = cfg.eval.batch_size
+    valid = (TensorBatches(valid_x, ebs, shuffle=False, device=device, rank=rank, world=world)
+             if valid_x is not None and len(valid_x) else None)
+    test_labels = bundle.test_labels
+    if test_x is not None and cfg.eval.max_examples:
+        test_x = test_x[: cfg.eval.max_examples]
+        test_labels = test_labels[: cfg.eval.max_examples] if test_labels is not None else None
+    test = TensorBatches(test_x, ebs, shuffle=False, device=device) if test_x is not None and len(test_x) else None
+    if hasattr(model, "head") and cfg.data.binarize != "dynamic":
+        model.head.check_data(bundle.train[: min(len(bundle.train), 1000)])
+    return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(dump_json(cfg) + "\n", encoding="utf-8")
+    cmd = " ".join(shlex.quote(a) for a in ["vaelab", *sys.argv[1:]]) if sys.argv else "vaelab"
+    with open(run_dir / "command.txt", "a", encoding="utf-8") as fh:
+        fh.write(cmd + "\n")
+
+
+def run_meta(cfg: RunConfig, spec: DataSpec) -> dict:
+    return {"model": json.loads(dump_json(cfg))["model"], "config": json.loads(dump_json(cfg)),
+            "spec": spec.to_dict()}
+
+
+def train_run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    progress: bool | None = None,
+    extra_callbacks: list[Callback] | None = None,
+) -> tuple[Trainer, Prepared]:
+    """Train ``cfg`` into ``run_dir``. With ``resume`` continue from its latest checkpoint."""
+    import torch.distributed as dist
+
+    run_dir = Path(run_dir)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    has_ckpt = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
+    if has_ckpt and not resume:
+        raise VaelabError(f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
+                          "or --out to start a new run elsewhere")
+    if resume and not has_ckpt:
+        raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
+    prep = prepare(cfg, device, rank=rank, world=world)
+    if rank == 0:
+        _write_run_files(run_dir, cfg)
+    callbacks: list[Callback] = [ProgressBar(progress), JsonlLogger(run_dir / "metrics.jsonl"),
+                                 Checkpointer(cfg.train.checkpoint_every)]
+    if cfg.train.patience:
+        callbacks.append(EarlyStopping(cfg.train.patience))
+    try:
+        from vaelab.train.callbacks import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
+    except ImportError:
+        pass
+    callbacks += extra_callbacks or []
+    trainer = Trainer(prep.model, cfg.train, prep.train, prep.valid, run_dir=run_dir, callbacks=callbacks,
+                      meta=run_meta(cfg, prep.spec))
+    trainer.fit(resume=run_dir if resume else None)
+    return trainer, prep
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    p = Path(run_dir)
+    f = p / "config.json"
+    if not f.is_file():
+        ck = ckpt.resolve_checkpoint(p)
+        meta = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+        return config_from_dict(meta["config"])
+    try:
+        return config_from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise VaelabError(f"{f} is not valid JSON ({exc}); restore it or retrain") from None
+
+
+def load_run_model(run_dir: str | Path, device: torch.device, which: str = "best") -> tuple[Model, RunConfig, Path]:
+    """Rebuild a run's model from its checkpoint (``best`` when present, else the latest)."""
+    run_dir = Path(run_dir)
+    path = run_dir
+    if which == "best" and (run_dir / "checkpoints" / "best" / "state.json").is_file():
+        path = run_dir / "checkpoints" / "best"
+    c = ckpt.load_checkpoint(path)
+    meta = c.meta
+    if "config" not in meta or "spec" not in meta:
+        raise VaelabError(f"checkpoint {c.path} has no run config; it was not written by vaelab train")
+    cfg = config_from_dict(meta["config"])
+    model = build_model(cfg.model, DataSpec.from_dict(meta["spec"]))
+    ckpt.load_model_weights(model, c)
+    return model.to(device).eval(), cfg, c.path
+
+
+@torch.no_grad()
+def write_figures(run_dir: str | Path, model: Model, test: Tensor, labels: Tensor | None, *, n_samples: int = 64,
+                  seed: int = 0) -> list[Path]:
+    """Arrays for the report: reconstructions, samples, the 2-D manifold, posterior codes."""
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    written = []
+
+    def save(name: str, **arrays) -> None:
+        path = fig_dir / f"{name}.npz"
+        tmp = fig_dir / f".{name}.tmp.npz"
+        np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if v is not None})
+        os.replace(tmp, path)
+        written.append(path)
+
+    model.eval()
+    x = test[:16]
+    if hasattr(model, "reconstruct"):
+        save("reconstructions", original=x.cpu().numpy(), reconstruction=model.reconstruct(x).cpu().numpy())
+    save("samples", images=model.sample(n_samples).cpu().numpy())
+    latent_dim = getattr(model.config, "latent_dim", 0)
+    if latent_dim == 2 and hasattr(model, "decode_mean"):
+        n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
+        p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=test.device)
+        grid = torch.distributions.Normal(0.0, 1.0).icdf(p)
+        # images[i, j] is decoded at z = (grid[j], grid[i]): columns vary z1, rows vary z2
+        z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)[..., [1, 0]]
+        save("manifold", images=model.decode_mean(z).cpu().numpy(), grid=grid.cpu().numpy())
+    if hasattr(model, "encode"):
+        codes = torch.cat([model.encode(test[i : i + 500]).mean for i in range(0, min(len(test), 5000), 500)])
+        lab = labels[: len(codes)].cpu().numpy() if labels is not None else None
+        save("latents", codes=codes.cpu().numpy(), labels=lab)
+    return written
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    device: torch.device,
+    *,
+    k: int | None = None,
+    max_examples: int | None = None,
+    progress: bool | None = None,
+    which: str = "best",
+) -> dict:
+    """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; figures -> figures/."""
+    from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
+
+    run_dir = Path(run_dir)
+    model, cfg, used = load_run_model(run_dir, device, which)
+    if k is not None:
+        cfg.eval.is_samples = k
+    if max_examples is not None:
+        cfg.eval.max_examples = max_examples
+    prep = prepare(cfg, device, need_train=False)
+    prep.model = model
+    split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)
+    if batches is None:
+        raise VaelabError(f"dataset {cfg.data.name!r} has no test or validation split to evaluate on")
+    torch.manual_seed(cfg.eval.seed)
+    t0 = time.perf_counter()
+    result = {"split": split, "checkpoint": str(used), "step": _checkpoint_step(used)}
+    terms = mean_loss_terms(model, batches.epoch(0))
+    result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
+    if hasattr(model, "log_importance_weights"):
+        ll = importance_sampled_log_likelihood(model, batches.epoch(0), cfg.eval.is_samples,
+                                               progress=bool(progress))
+        result.update(ll.as_dict())
+    if hasattr(model, "encode"):
+        from vaelab.evaluation import posterior_means
+
+        codes = posterior_means(model, batches.epoch(0))
+        result["active_units"], _ = active_units(codes)
+        result["latent_dim"] = codes.shape[1]
+    result["seconds"] = time.perf_counter() - t0
+    result["n_dims"] = prep.spec.n_dims
+    tmp = run_dir / ".eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "eval.json")
+    test_x = batches.data
+    labels = prep.test_labels if split == "test" else prep.bundle.valid_labels
+    write_figures(run_dir, model, test_x, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
+    return result
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "state.json").read_text(encoding="utf-8")).get("step"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Path:
+    model, _, _ = load_run_model(run_dir, device)
+    torch.manual_seed(seed)
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    images = model.sample(n).cpu().numpy()
+    path = fig_dir / "samples.npz"
+    tmp = fig_dir / ".samples.tmp.npz"
+    np.savez_compressed(tmp, images=images)
+    os.replace(tmp, path)
+    return path
+
+
+def format_eval(result: dict) -> str:
+    """A short human table of an eval.json."""
+    lines = []
+    if "log_px" in result:
+        lines.append(f"IS log p(x)  {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
+                     f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
+                     f"ESS mean {result['ess_mean']:.0f})")
+        lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
+    if "elbo" in result:
+        lines.append(f"ELBO         {result['elbo']:.2f} nats")
+    if "kl" in result:
+        lines.append(f"KL           {result['kl']:.2f} nats")
+    if "reconstruction" in result:
+        lines.append(f"E_q log p(x|z) {result['reconstruction']:.2f} nats")
+    if "active_units" in result:
+        lines.append(f"active units {result['active_units']} / {result['latent_dim']}")
+    if not math.isnan(result.get("seconds", float("nan"))):
+        lines.append(f"time         {result['seconds']:.1f} s")
+    return "\n".join(lines)

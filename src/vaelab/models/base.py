@@ -1,0 +1,112 @@
+"""The interface every vaelab model implements, its typed loss output, and the model registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vaelab.errors import VaelabError
+from vaelab.spec import DataSpec
+
+__all__ = ["LossOutput", "ModelConfig", "Model", "MODELS", "register_model", "model_class", "build_model"]
+
+
+@dataclass
+class LossOutput:
+    """What ``Model.loss`` returns. ``loss`` is the scalar minimised (nats per example, batch mean).
+
+    The other fields are per-example (B,) tensors in nats where they apply, ``None`` otherwise:
+    ``elbo`` the bound being maximised (with KL weight 1 it is a lower bound on log p(x)),
+    ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q(z|x)||p(z)); VQ models fill ``commitment`` and
+    ``codebook``.
+    """
+
+    loss: Tensor
+    elbo: Tensor | None = None
+    reconstruction: Tensor | None = None
+    kl: Tensor | None = None
+    commitment: Tensor | None = None
+    codebook: Tensor | None = None
+
+    def scalars(self) -> dict[str, Tensor]:
+        """Batch means of every term present, detached (no host sync until the caller asks)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                out[f.name] = v.detach().float().mean()
+        return out
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model's Config: ``name`` selects the registered model."""
+
+    name: str = ""
+
+    def validate(self, prefix: str) -> None:  # overridden by models with constraints
+        pass
+
+
+class Model(nn.Module, ABC):
+    """A trainable generative model. The trainer calls only ``loss`` (through ``forward``).
+
+    ``train_step`` is set by the trainer before every step so that schedules inside the loss
+    (KL annealing) are pure functions of the step, and is saved in checkpoints by the trainer.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.train_step = 0
+
+    @abstractmethod
+    def loss(self, batch: Any) -> LossOutput:
+        """The training loss on one batch."""
+
+    def forward(self, batch: Any) -> LossOutput:
+        # forward is the loss so that DistributedDataParallel's hooks see the computation.
+        return self.loss(batch)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot sample")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+MODELS: dict[str, type[Model]] = {}
+
+
+def register_model(name: str):
+    """Class decorator registering a model family under ``name`` (used by configs and the CLI)."""
+
+    def register(cls: type[Model]) -> type[Model]:
+        if name in MODELS and MODELS[name] is not cls:
+            raise RuntimeError(f"model {name!r} registered twice")
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return register
+
+
+def model_class(name: str) -> type[Model]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise VaelabError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(config: ModelConfig, spec: DataSpec) -> Model:
+    return model_class(config.name)(config, spec)

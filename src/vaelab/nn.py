@@ -1,0 +1,49 @@
+"""The few shared building blocks. Nothing model-specific lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vaelab.errors import VaelabError
+
+__all__ = ["ACTIVATIONS", "activation", "MLP"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise VaelabError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+class MLP(nn.Sequential):
+    """Linear layers with an activation between them (none after the last).
+
+    Input (..., sizes[0]) -> output (..., sizes[-1]); any leading dims are batch dims.
+    """
+
+    def __init__(self, sizes: Sequence[int], act: str = "relu"):
+        if len(sizes) < 2:
+            raise ValueError("an MLP needs at least an input and an output size")
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(activation(act))
+        super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Sequential's, typed
+        return super().forward(x)

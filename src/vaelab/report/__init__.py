@@ -1,0 +1,24 @@
+"""The run report: figures from arrays (plots) and a self-contained report.html from a run folder (build).
+
+Nothing here imports torch or a model: the report is built from the files a run wrote.
+"""
+
+from vaelab.report.build import FIGURE_FILES, build_report, read_metrics
+from vaelab.report.plots import (
+    image_grid,
+    latent_scatter,
+    manifold_figure,
+    reconstruction_figure,
+    training_curves,
+)
+
+__all__ = [
+    "FIGURE_FILES",
+    "build_report",
+    "read_metrics",
+    "image_grid",
+    "latent_scatter",
+    "manifold_figure",
+    "reconstruction_figure",
+    "training_curves",
+]

@@ -1,0 +1,342 @@
+"""The training loop: small, generic, and ignorant of what is being trained.
+
+It sees a model whose ``forward(batch)`` returns a ``LossOutput`` (``loss`` plus named per-example
+terms), an iterable of batches, and a ``TrainConfig``. Schedules are pure functions of the step;
+logging, checkpointing and early stopping are callbacks. A non-finite loss stops the run with a
+clear message and writes no checkpoint, so the last good one stays. Ctrl-C finishes the current
+step, writes a checkpoint and stops; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vaelab.config import TrainConfig
+from vaelab.errors import VaelabError
+from vaelab.evaluation.metrics import loss_term_sums
+from vaelab.train import checkpoint as ckpt
+from vaelab.train.batching import TensorBatches
+from vaelab.train.callbacks import Callback
+from vaelab.train.schedules import learning_rate
+
+__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(VaelabError):
+    pass
+
+
+def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam / AdamW with the fused kernel (one pass over all parameters), Adagrad with foreach."""
+    params = list(params)
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                   fused=True)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+    raise VaelabError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class _Interrupt:
+    """First SIGINT sets a flag checked between steps; the second raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Fits ``model`` on ``train_batches``; evaluates on ``valid_batches``.
+
+    Args:
+        model: an ``nn.Module`` whose ``forward(batch)`` returns an object with a scalar ``loss``
+            and a ``scalars()`` method (``vaelab.models.LossOutput``). If it has an attribute
+            ``train_step`` it is set to the global step before each step.
+        cfg: the ``[train]`` section.
+        train_batches / valid_batches: ``TensorBatches`` (anything with ``epoch(e, start)`` and
+            ``len``).
+        run_dir: where ``checkpoints/`` go (None: no checkpoints).
+        meta: JSON facts stored in every checkpoint (run config, data spec) - the trainer does not
+            read them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        train_batches: TensorBatches,
+        valid_batches: TensorBatches | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        meta: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.cfg = cfg
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.meta = meta or {}
+        self.rank, self.world = _distributed()
+        self.callbacks = list(callbacks) if self.rank == 0 else []
+        self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
+        self.steps_per_epoch = len(train_batches)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.step = 0
+        self.best_valid = math.inf
+        self.evals_without_improvement = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.stop_reason: str | None = None
+        self.failure: str | None = None
+        self.last_checkpoint: Path | None = None
+        self._ddp = None
+        self._step_fn = None
+
+    # ----------------------------------------------------------------------------- state
+    def _trainer_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, info = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        return tensors, info
+
+    def save_checkpoint(self) -> Path | None:
+        if self.run_dir is None or self.rank != 0:
+            return None
+        if self.last_checkpoint is not None and self.last_checkpoint.name == f"step_{self.step:08d}":
+            return self.last_checkpoint
+        self._assert_healthy()
+        tensors, optim_info = self._trainer_tensors()
+        meta = {
+            **self.meta,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "elapsed": self.elapsed + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0),
+            "best_valid": None if math.isinf(self.best_valid) else self.best_valid,
+            "evals_without_improvement": self.evals_without_improvement,
+            "optimizer": optim_info,
+        }
+        folder = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        self.last_checkpoint = ckpt.save_checkpoint(folder, self._raw_model().state_dict(), meta, tensors)
+        for old in ckpt.list_checkpoints(self.run_dir / "checkpoints")[: -self.cfg.keep_checkpoints]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return self.last_checkpoint
+
+    def _assert_healthy(self) -> None:
+        """Never checkpoint a state that went non-finite: pending losses and every parameter."""
+        sums = getattr(self, "_sums", {})
+        if "loss" in sums and self._n_sum:
+            self._check_finite(sums["loss"].item() / self._n_sum)
+        for name, p in self._raw_model().named_parameters():
+            if not torch.isfinite(p).all():
+                self._check_finite(float("nan"))
+                raise AssertionError(name)  # unreachable: _check_finite raised
+
+    def _save_best(self) -> None:
+        if self.run_dir is None or self.rank != 0:
+            return
+        meta = {**self.meta, "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                "best_valid": self.best_valid}
+        ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._raw_model().state_dict(), meta,
+                             update_latest=False)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimizer, step, RNG and early-stopping state: training continues exactly."""
+        c = ckpt.load_checkpoint(path, with_trainer_state=True)
+        ckpt.load_model_weights(self._raw_model(), c)
+        assert c.trainer_state is not None
+        state = ckpt.unflatten_optimizer_state(c.trainer_state, c.meta["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as exc:
+            raise VaelabError(f"checkpoint {c.path} has optimizer state that does not fit train.optimizer="
+                              f"{self.cfg.optimizer!r} ({exc}); resume with the run's own config") from None
+        torch.set_rng_state(c.trainer_state["rng.cpu"])
+        cuda_states = [c.trainer_state[k] for k in sorted(c.trainer_state) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.step = int(c.meta["step"])
+        self.elapsed = float(c.meta.get("elapsed", 0.0))
+        best = c.meta.get("best_valid")
+        self.best_valid = math.inf if best is None else float(best)
+        self.evals_without_improvement = int(c.meta.get("evals_without_improvement", 0))
+        self.last_checkpoint = c.path
+
+    # ----------------------------------------------------------------------------- the loop
+    def _raw_model(self) -> nn.Module:
+        return self.model
+
+    def _forward_model(self) -> nn.Module:
+        if self.world > 1 and self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = DistributedDataParallel(self.model)
+        return self._ddp if self._ddp is not None else self.model
+
+    def _loss_fn(self):
+        fwd = self._forward_model()
+        if self.cfg.compile and self._step_fn is None:
+            self._step_fn = torch.compile(fwd)
+        return self._step_fn or fwd
+
+    def _emit(self, row: dict) -> None:
+        for cb in self.callbacks:
+            cb.on_log(self, row)
+
+    def _set_lr(self) -> float:
+        lr = learning_rate(self.step, self.total_steps, self.cfg.lr, self.cfg.lr_final, self.cfg.schedule,
+                           self.cfg.warmup_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise NonFiniteLoss(f"training stopped at step {self.step}: the loss became {value}{where}; "
+                                "lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=10)")
+
+    def fit(self, resume: str | Path | None = None) -> Trainer:
+        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C or a failure."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        if resume is not None:
+            self.load_checkpoint(resume)
+        model = self.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss_fn = self._loss_fn()
+        eval_every = self.cfg.eval_every or self.steps_per_epoch
+        log_every = max(1, self.cfg.log_every)
+        sums: dict[str, torch.Tensor] = {}
+        n_sum = 0
+        self._sums, self._n_sum = sums, n_sum
+        self._t0 = time.perf_counter()
+        deadline = self._t0 + self.cfg.time_limit_min * 60 - self.elapsed if self.cfg.time_limit_min else None
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            with _Interrupt() as interrupt:
+                while self.step < self.total_steps and self.stop_reason is None:
+                    epoch, start = divmod(self.step, self.steps_per_epoch)
+                    for batch in self.train_batches.epoch(epoch, start):
+                        lr = self._set_lr()
+                        model.train()
+                        if hasattr(model, "train_step"):
+                            model.train_step = self.step
+                        out = loss_fn(batch)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        out.loss.backward()
+                        if self.cfg.grad_clip:
+                            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
+                        self.optimizer.step()
+                        self.step += 1
+                        for k, v in out.scalars().items():
+                            sums[k] = sums[k] + v if k in sums else v
+                        n_sum += 1
+                        self._sums, self._n_sum = sums, n_sum
+                        if self.step % log_every == 0 or self.step == self.total_steps:
+                            row = {k: v.item() / n_sum for k, v in sums.items()}
+                            self._check_finite(row["loss"])
+                            self._emit({"split": "train", "step": self.step,
+                                        "epoch": round(self.step / self.steps_per_epoch, 4),
+                                        "time": round(self.elapsed + time.perf_counter() - self._t0, 3),
+                                        "lr": lr, **row})
+                            sums, n_sum = {}, 0
+                            self._sums, self._n_sum = sums, n_sum
+                        if self.valid_batches is not None and (
+                            self.step % eval_every == 0 or self.step == self.total_steps
+                        ):
+                            self._validate()
+                        if interrupt.requested:
+                            self.stop_reason = "interrupted (Ctrl-C)"
+                        if deadline is not None and time.perf_counter() > deadline:
+                            self.stop_reason = f"time limit of {self.cfg.time_limit_min} min reached"
+                        # after validation, so a checkpoint holds the RNG state the next step sees
+                        for cb in self.callbacks:
+                            cb.on_step_end(self)
+                        if self.stop_reason or self.step >= self.total_steps:
+                            break
+                    if self.world > 1:
+                        self._sync_stop()
+            self._assert_healthy()  # a partial logging window: check it before the final checkpoint
+        except NonFiniteLoss as exc:
+            self.failure = str(exc)
+            raise
+        finally:
+            self.elapsed += time.perf_counter() - self._t0
+            del self._t0
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        return self
+
+    def _sync_stop(self) -> None:
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.stop_reason:
+            self.stop_reason = "stopped on another process"
+
+    def evaluate(self, batches: TensorBatches) -> dict[str, float]:
+        """Mean of every loss term over all batches (all processes together), model in eval mode."""
+        sums, count = loss_term_sums(self.model, batches.epoch(0))
+        keys = sorted(sums)
+        vec = torch.stack([sums[k].float().cpu() for k in keys] + [torch.tensor(float(count))])
+        if self.world > 1:
+            dist.all_reduce(vec)
+        return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
+
+    def _validate(self) -> None:
+        metrics = self.evaluate(self.valid_batches)
+        self._check_finite(metrics["loss"])
+        if metrics["loss"] < self.best_valid:
+            self.best_valid = metrics["loss"]
+            self.evals_without_improvement = 0
+            self._save_best()
+        else:
+            self.evals_without_improvement += 1
+        self._emit({"split": "valid", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                    "time": round(self.elapsed + time.perf_counter() - self._t0, 3), **metrics})
+        for cb in self.callbacks:
+            cb.on_eval_end(self, metrics)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's CPU and CUDA generators (NumPy is not used in training)."""
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

@@ -1,0 +1,158 @@
+"""The bounds on a linear-Gaussian latent model, whose log p(x) and posterior are exact.
+
+p(z) = N(0, I_2), p(x|z) = N(W z + b, s^2 I_4)  =>  p(x) = N(b, W W^T + s^2 I),
+p(z|x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1.
+W has orthogonal columns, so the exact posterior is diagonal and lies in the variational family.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from vaelab.distributions import diag_gaussian, standard_normal
+from vaelab.estimators import elbo, iwae, log_importance_weights, logmeanexp
+from vaelab.evaluation.likelihood import importance_sampled_log_likelihood, streaming_log_likelihood
+
+DT = torch.float64
+S2 = 0.25
+
+
+def _model():
+    w = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, -1.0]], dtype=DT)  # orthogonal columns
+    b = torch.tensor([0.5, -0.3, 0.1, 0.0], dtype=DT)
+
+    def decode(z):
+        return Independent(Normal(z @ w.T + b, math.sqrt(S2)), 1)
+
+    prior = Independent(Normal(torch.zeros(2, dtype=DT), torch.ones(2, dtype=DT)), 1)
+    marginal = MultivariateNormal(b, w @ w.T + S2 * torch.eye(4, dtype=DT))
+    post_cov = torch.linalg.inv(torch.eye(2, dtype=DT) + w.T @ w / S2)
+
+    def posterior(x):
+        mean = (x - b) @ w @ post_cov.T / S2
+        return diag_gaussian(mean, torch.log(torch.diagonal(post_cov)).expand_as(mean))
+
+    return decode, prior, marginal, posterior
+
+
+X = torch.tensor([[1.0, 0.5, -0.2, 0.3], [0.0, -2.0, 0.4, 1.0], [2.0, 1.0, 1.5, -0.5]], dtype=DT)
+
+
+def test_logmeanexp():
+    x = torch.tensor([[0.0, 1000.0], [math.log(3.0), 1000.0]], dtype=DT)
+    assert logmeanexp(x, 0).tolist() == pytest.approx([math.log(2.0), 1000.0])
+
+
+def test_elbo_equals_log_px_at_the_exact_posterior():
+    decode, prior, marginal, posterior = _model()
+    torch.manual_seed(0)
+    terms = elbo(X, posterior(X), decode, prior, n_samples=20000)
+    exact = marginal.log_prob(X)
+    assert torch.allclose(terms.bound, exact, atol=0.02)
+    # with the exact posterior every importance weight equals p(x): zero variance
+    lw = log_importance_weights(X, posterior(X), decode, prior, 50)
+    assert torch.allclose(lw, exact.expand_as(lw), atol=1e-9)
+
+
+@pytest.mark.parametrize("analytic_kl", [True, False])
+def test_elbo_is_below_log_px_for_a_wrong_posterior(analytic_kl):
+    decode, prior, marginal, posterior = _model()
+    exact_q = posterior(X)
+    q = diag_gaussian(exact_q.mean + 0.4, torch.log(exact_q.variance) + 0.7)
+    torch.manual_seed(1)
+    terms = elbo(X, q, decode, prior, n_samples=40000, analytic_kl=analytic_kl)
+    gap = marginal.log_prob(X) - terms.bound
+    # the gap is KL(q || p(z|x)), computable exactly here
+    post = MultivariateNormal(exact_q.mean, torch.diag_embed(exact_q.variance))
+    kl_gap = torch.distributions.kl_divergence(MultivariateNormal(q.mean, torch.diag_embed(q.variance)), post)
+    assert (gap > 0).all()
+    assert torch.allclose(gap, kl_gap, atol=0.05)
+    assert torch.allclose(terms.bound, terms.reconstruction - terms.kl)
+
+
+def test_iwae_rises_with_k_towards_log_px():
+    decode, prior, marginal, posterior = _model()
+    exact_q = posterior(X)
+    q = diag_gaussian(exact_q.mean + 0.5, torch.log(exact_q.variance) + 1.0)
+    torch.manual_seed(2)
+    reps = 4000
+    xs = X.repeat(reps, 1)
+    qs = diag_gaussian(q.mean.repeat(reps, 1), torch.log(q.variance).repeat(reps, 1))
+    bounds = {}
+    for k in (1, 5, 50):
+        b = iwae(xs, qs, decode, prior, n_samples=k).bound.view(reps, -1)
+        bounds[k] = (b.mean(0), b.std(0) / math.sqrt(reps))
+    exact = marginal.log_prob(X)
+    for lo, hi in ((1, 5), (5, 50)):
+        diff = bounds[hi][0] - bounds[lo][0]
+        assert (diff > 3 * (bounds[hi][1] + bounds[lo][1])).all(), (lo, hi, diff)
+    assert (bounds[50][0] < exact + 3 * bounds[50][1]).all()
+    # L_1 is the ELBO
+    e = elbo(xs, qs, decode, prior, analytic_kl=False).bound.view(reps, -1).mean(0)
+    assert torch.allclose(e, bounds[1][0], atol=5 * bounds[1][1].max().item())
+    with pytest.raises(ValueError):
+        iwae(X, q, decode, prior, kl_weight=0.5)
+
+
+def test_kl_weight_scales_only_the_kl():
+    decode, prior, _, posterior = _model()
+    torch.manual_seed(3)
+    t = elbo(X, posterior(X), decode, prior, kl_weight=0.3)
+    assert torch.allclose(t.bound, t.reconstruction - 0.3 * t.kl)
+
+
+class _LinearGaussianModel:
+    """Just enough of a model for the likelihood evaluator."""
+
+    class spec:
+        n_dims = 4
+
+    def __init__(self, q_shift: float):
+        self.decode, self.prior, self.marginal, self.posterior = _model()
+        self.shift = q_shift
+
+    def eval(self):
+        return self
+
+    def log_importance_weights(self, x, k):
+        q = self.posterior(x)
+        q = diag_gaussian(q.mean + self.shift, torch.log(q.variance) + self.shift)
+        return log_importance_weights(x, q, self.decode, self.prior, k)
+
+
+def test_importance_sampled_log_likelihood_within_three_standard_errors():
+    model = _LinearGaussianModel(q_shift=0.3)
+    exact = model.marginal.log_prob(X)
+    torch.manual_seed(4)
+    runs = torch.stack([importance_sampled_log_likelihood(model, [X[:2], X[2:]], k=2000).log_px for _ in range(20)])
+    se = runs.std(0) / math.sqrt(runs.shape[0])
+    assert ((runs.mean(0) - exact).abs() < 3 * se + 1e-4).all()
+    res = importance_sampled_log_likelihood(model, [X], k=300)
+    assert res.log_px.shape == (3,) and (res.ess > 1).all() and (res.ess <= 300).all()
+    assert res.bits_per_dim == pytest.approx(-res.mean / (4 * math.log(2)))
+
+
+def test_chunking_does_not_change_the_estimate():
+    torch.manual_seed(5)
+    lw = torch.randn(1000, 3, dtype=DT) * 3
+    pos = [0]
+
+    def fixed_weights(x, s):  # hands out the same 1000 log-weights, s at a time
+        out = lw[pos[0] : pos[0] + s]
+        pos[0] += s
+        return out
+
+    exact = torch.logsumexp(lw, 0) - math.log(1000)
+    ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
+    for chunk in (1000, 7, 1):
+        pos[0] = 0
+        lp, e = streaming_log_likelihood(fixed_weights, X, 1000, chunk)
+        assert torch.allclose(lp, exact, atol=1e-10) and torch.allclose(e, ess, rtol=1e-9)
+
+
+def test_standard_normal_prior():
+    p = standard_normal(3, dtype=DT)
+    assert p.event_shape == (3,)
+    assert p.log_prob(torch.zeros(3, dtype=DT)).item() == pytest.approx(-1.5 * math.log(2 * math.pi))

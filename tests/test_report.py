@@ -1,0 +1,420 @@
+"""The run report: plots lay the arrays out where they say, and build_report turns any run folder into one
+self-contained page, leaving out (with a note) whatever is missing or damaged, never crashing on it.
+
+``make_run`` writes a synthetic run folder; tests/test_report_browser.py reuses it.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vaelab.errors import VaelabError
+from vaelab.report import (
+    build_report,
+    image_grid,
+    latent_scatter,
+    manifold_figure,
+    read_metrics,
+    reconstruction_figure,
+    training_curves,
+)
+from vaelab.report.html import figure_png
+
+PAD = 2  # plots._PAD: pixels between tiles
+
+# name -> (image shape (C, H, W), latent size, labels saved, manifold saved, extra PNG saved)
+CASES: dict[str, tuple[tuple[int, int, int], int, bool, bool, bool]] = {
+    "grey-square-2d": ((1, 28, 28), 2, True, True, True),
+    "grey-frey-28x20-pca": ((1, 28, 20), 5, False, False, False),
+    "rgb-32x24-pca": ((3, 32, 24), 8, True, True, True),
+}
+
+EVAL = {
+    "split": "test",
+    "n_examples": 10000,
+    "is_samples": 5000,
+    "elbo": -89.1,
+    "log_px": -85.3,
+    "log_px_stderr": 0.04,
+    "bits_per_dim": 0.157,
+    "kl": 25.3,
+    "reconstruction": -63.8,
+    "active_units": 19,
+    "latent_dim": 50,
+    "ess_mean": 123.4,
+    "seconds": 600.1,
+}
+
+
+def _metrics_lines(extra_key: str | None = None) -> list[str]:
+    """A training log: 60 train lines, a validation line every 10, lr decay, a truncated last line."""
+    lines = []
+    for i in range(1, 61):
+        elbo = -90.0 - 400.0 * np.exp(-i / 1.5)  # a steep start the robust y-limits must not flatten
+        row: dict[str, Any] = {
+            "split": "train",
+            "step": 100 * i,
+            "epoch": i / 6,
+            "time": 1.5 * i,
+            "lr": 1e-3 * 0.95**i,
+            "loss": -elbo,
+            "elbo": elbo,
+            "reconstruction": elbo - 20.0,
+            "kl": 20.0,
+        }
+        if extra_key:
+            row[extra_key] = 1.0 / i
+        lines.append(json.dumps(row))
+        if i % 10 == 0:
+            valid = {k: v for k, v in row.items() if k != "lr"} | {"split": "valid", "elbo": elbo - 1.0}
+            lines.append(json.dumps(valid))
+    lines.append('{"split": "train", "step": 6100, "epoch": 10.1, "ti')  # killed mid-write
+    return lines
+
+
+def _tiny_png() -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1.5), dpi=50)
+    fig.add_subplot().plot([0, 1, 2], [2, 0, 1])
+    return figure_png(fig)
+
+
+def make_run(
+    root: Path,
+    name: str = "grey-square-2d",
+    shape: tuple[int, int, int] = (1, 28, 28),
+    latent_dim: int = 2,
+    labels: bool = True,
+    manifold: bool = True,
+    extra_png: bool = True,
+) -> tuple[Path, int]:
+    """Write a complete synthetic run folder; return it and the number of images its report should hold."""
+    rng = np.random.default_rng(0)
+    run = root / name
+    (run / "figures").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    config = {
+        "name": name,
+        "model": {"name": "vae", "latent_dim": latent_dim, "hidden": [64, 64], "likelihood": "bernoulli"},
+        "data": {"name": "mnist", "binarize": "dynamic"},
+        "train": {"epochs": 10, "lr": 1e-3, "batch_size": 100, "seed": 0},
+        "eval": {"is_samples": 5000},
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "command.txt").write_text(
+        f"vaelab train configs/vae_mnist.toml --out runs/{name} --set train.epochs=10\n"
+    )
+    (run / "metrics.jsonl").write_text("\n".join(_metrics_lines("commitment")))
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    c, h, w = shape
+    fig_dir = run / "figures"
+    x = rng.random((16, c, h, w), dtype=np.float32)
+    np.savez(fig_dir / "reconstructions.npz", original=x, reconstruction=np.clip(x + 0.1, 0, 1))
+    np.savez(fig_dir / "samples.npz", images=rng.random((36, c, h, w), dtype=np.float32))
+    codes = rng.normal(size=(500, latent_dim)).astype(np.float32)
+    arrays = {"codes": codes, "labels": rng.integers(0, 10, 500)} if labels else {"codes": codes}
+    np.savez(fig_dir / "latents.npz", **arrays)
+    n_images = 4
+    if manifold:
+        grid = np.linspace(-1.64, 1.64, 7)
+        np.savez(fig_dir / "manifold.npz", images=rng.random((7, 7, c, h, w), dtype=np.float32), grid=grid)
+        n_images += 1
+    if extra_png:
+        (fig_dir / "beta_schedule.png").write_bytes(_tiny_png())
+        n_images += 1
+    (run / "checkpoints" / "last.safetensors").write_bytes(b"not read by the report")
+    return run, n_images
+
+
+def _img_sources(page: str) -> list[str]:
+    return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
+
+
+# ------------------------------------------------------------------------------------------ build_report
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_report_is_self_contained_with_one_image_per_figure(tmp_path: Path, case: str) -> None:
+    run, expected = make_run(tmp_path, case, *CASES[case])
+    out = build_report(run)
+    assert out == run / "report.html"
+    page = out.read_text(encoding="utf-8")
+
+    assert page.count("<img") == expected
+    sources = _img_sources(page)
+    assert len(sources) == expected
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    lowered = page.lower()
+    for ref in ('src="http', "src='http", "file:", "<link", "<script", "url(", "@import"):
+        assert ref not in lowered, f"external reference {ref!r} in the report"
+
+    assert f"<title>{case}</title>" in page
+    assert "−85.30 ± 0.04" in page  # IS log p(x) with its standard error, typographic minus
+    assert "19 / 50" in page  # active units of the latent size
+    assert "model vae (latent" in page and "data mnist" in page
+    for title in ("Summary", "Training curves", "Reconstructions", "Samples", "Latent codes", "Evaluation"):
+        assert f">{title}</h2>" in page
+    assert (">Latent manifold</h2>" in page) == CASES[case][3]
+    assert "train.batch_size" in page  # config flattened to dotted keys
+    assert "--set train.epochs=10" in page
+    assert "class='note'" not in page  # nothing was missing
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # the atomic write cleaned up
+
+
+def test_summary_has_run_facts_from_the_last_complete_metrics_line(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path)
+    page = build_report(run).read_text(encoding="utf-8")
+    summary = page.split(">Summary</h2>")[1].split("<h2")[0]
+    assert "<td>Steps</td><td>6000</td>" in summary
+    assert "<td>Epochs</td><td>10</td>" in summary
+    assert "<td>Training time</td><td>1 min 30 s</td>" in summary
+    assert "IS log p(x) (nats, test, K = 5000)" in summary
+
+
+def test_read_metrics_skips_a_truncated_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(_metrics_lines()) + "\nnot json\n[1, 2]\n")
+    rows = read_metrics(path)
+    assert len(rows) == 66  # 60 train + 6 valid; the partial line, the junk and the non-object are skipped
+    assert rows[-1]["split"] == "valid" and rows[-1]["step"] == 6000
+    assert read_metrics(tmp_path / "absent.jsonl") == []
+
+
+def test_a_run_with_only_a_config_builds_with_notes(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "bare", "model": {"name": "vae"}}))
+    page = build_report(run).read_text(encoding="utf-8")
+    assert "<img" not in page
+    assert "vaelab eval" in page  # how to get eval.json
+    assert "metrics.jsonl" in page and "command.txt" in page
+    assert ">Latent manifold</h2>" not in page and ">Other figures</h2>" not in page  # optional: omitted
+
+
+def test_damaged_pieces_become_notes_and_the_rest_is_built(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path, extra_png=False)
+    figs = run / "figures"
+    (figs / "samples.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    np.savez(figs / "reconstructions.npz", original=np.zeros((4, 1, 8, 8)))  # no "reconstruction"
+    np.savez(figs / "manifold.npz", images=np.zeros((3, 3, 1, 8, 8)), grid=np.zeros(4))  # n mismatch
+    np.savez(figs / "latents.npz", codes=np.array([{"pickled": 1}], dtype=object))  # refused, never unpickled
+    (figs / "notes.png").write_text("not an image")
+    np.savez(figs / "mystery.npz", a=np.zeros(3))
+    (run / "eval.json").write_text("[1, 2]")
+    page = build_report(run).read_text(encoding="utf-8")
+    assert page.count("<img") == 1  # the training curves survive
+    assert "Could not draw figures/samples.npz" in page
+    assert "missing array(s) reconstruction" in page
+    assert "Could not draw figures/manifold.npz" in page
+    assert "Could not draw figures/latents.npz" in page
+    assert "figures/notes.png left out" in page
+    assert "figures/mystery.npz not drawn" in page
+    assert "eval.json could not be read" in page
+
+
+@pytest.mark.parametrize("make", ["absent", "no-config", "a-file"])
+def test_not_a_run_folder_is_a_one_line_error_naming_it_and_the_fix(tmp_path: Path, make: str) -> None:
+    run = tmp_path / "runs" / "nope"
+    if make == "no-config":
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("")
+    elif make == "a-file":
+        run.parent.mkdir()
+        run.write_text("")
+    with pytest.raises(VaelabError) as err:
+        build_report(run)
+    message = str(err.value)
+    assert str(run) in message and "vaelab train" in message and "\n" not in message
+    assert not (run / "report.html").exists() if run.is_dir() else True
+
+
+def test_report_package_imports_no_torch_and_no_model() -> None:
+    """report/ builds from files alone (DESIGN: import directions); checked on the source, not sys.modules."""
+    package = Path(__file__).resolve().parents[1] / "src" / "vaelab" / "report"
+    forbidden = (
+        "torch",
+        "vaelab.models",
+        "vaelab.train",
+        "vaelab.evaluation",
+        "vaelab.cli",
+        "matplotlib.pyplot",
+    )
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith(forbidden), f"{source.name} imports {name}"
+
+
+# -------------------------------------------------------------------------------------------------- plots
+
+
+def _tile_at(mosaic: np.ndarray, row: int, col: int, h: int, w: int, pad: int = PAD) -> np.ndarray:
+    """The (H, W[, 3]) tile at grid position (row, col) of a displayed mosaic."""
+    top, left = pad + row * (h + pad), pad + col * (w + pad)
+    return mosaic[top : top + h, left : left + w]
+
+
+def _chw(tile: np.ndarray) -> np.ndarray:
+    return tile[None] if tile.ndim == 2 else tile.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 20), (3, 12, 17)])
+def test_image_grid_places_image_k_at_row_k_div_nrow_column_k_mod_nrow(shape: tuple[int, int, int]) -> None:
+    c, h, w = shape
+    images = np.random.default_rng(1).random((7, c, h, w), dtype=np.float32)
+    fig = image_grid(images, nrow=3, title="samples")
+    assert len(fig.axes) == 1 and len(fig.axes[0].images) == 1
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    assert mosaic.shape[:2] == (PAD + 3 * (h + PAD), PAD + 3 * (w + PAD))
+    assert mosaic.ndim == (2 if c == 1 else 3)
+    for k in range(7):
+        np.testing.assert_array_equal(_chw(_tile_at(mosaic, k // 3, k % 3, h, w)), images[k])
+    assert np.all(_tile_at(mosaic, 2, 2, h, w) == 1.0)  # the unfilled slot is blank
+    assert fig.axes[0].get_title() == "samples"
+    figure_png(fig)  # renders without a warning
+
+
+def test_image_grid_reads_uint8_and_hw_arrays_and_rejects_other_channel_counts() -> None:
+    fig = image_grid(np.full((4, 5, 6), 255, dtype=np.uint8))
+    assert np.all(np.asarray(fig.axes[0].images[0].get_array()) == 1.0)
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        image_grid(np.zeros((4, 2, 5, 5)))
+
+
+def test_reconstruction_figure_puts_each_original_above_its_reconstruction() -> None:
+    rng = np.random.default_rng(2)
+    original = rng.random((5, 1, 10, 7), dtype=np.float32)
+    recon = rng.random((5, 1, 10, 7), dtype=np.float32)
+    fig = reconstruction_figure(original, recon, ncol=3)  # two blocks of pairs: 3 then 2
+    assert len(fig.axes) == 1 and len(fig.axes[0].images) == 1
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())
+    block = 2 * (10 + PAD) + PAD + 3 * PAD  # a pair of rows and the gap after it
+    for i in range(5):
+        b, col = divmod(i, 3)
+        shifted = mosaic[b * block :]
+        np.testing.assert_array_equal(_tile_at(shifted, 0, col, 10, 7)[None], original[i])
+        np.testing.assert_array_equal(_tile_at(shifted, 1, col, 10, 7)[None], recon[i])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["input", "recon."] * 2
+    with pytest.raises(ValueError, match="same shape"):
+        reconstruction_figure(original, recon[:4])
+
+
+def test_manifold_figure_draws_z1_rightwards_and_z2_upwards() -> None:
+    n, h, w = 4, 6, 5
+    grid = np.linspace(-1.5, 1.5, n)
+    images = np.zeros((n, n, 1, h, w), dtype=np.float32)
+    for i in range(n):
+        for j in range(n):
+            images[i, j] = (i * n + j) / (n * n)  # images[i, j] is decoded at z = (grid[j], grid[i])
+    fig = manifold_figure(images, grid)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1 and len(ax.images) == 1
+    mosaic = np.asarray(ax.images[0].get_array())
+    assert mosaic.shape == (n * h, n * w)
+    for i in range(n):
+        for j in range(n):
+            tile = _tile_at(mosaic, n - 1 - i, j, h, w, pad=0)  # z2 = grid[i] is drawn i rows from the bottom
+            np.testing.assert_array_equal(tile, images[i, j, 0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["−1.5", "−0.5", "0.5", "1.5"]
+    assert ax.get_yticks()[0] > ax.get_yticks()[-1]  # the first grid value sits lowest (image rows go down)
+    with pytest.raises(ValueError, match="len\\(grid\\)"):
+        manifold_figure(images, grid[:3])
+
+
+def test_latent_scatter_2d_draws_the_codes_with_one_legend_entry_per_class() -> None:
+    rng = np.random.default_rng(3)
+    codes = rng.normal(size=(300, 2))
+    labels = rng.integers(0, 10, 300)
+    fig = latent_scatter(codes, labels)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1
+    drawn = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(np.sort(drawn, axis=0), np.sort(codes, axis=0))  # all points, unprojected
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [str(k) for k in range(10)]
+    figure_png(fig)
+
+
+def test_latent_scatter_continuous_labels_get_a_colour_bar_and_no_labels_a_single_colour() -> None:
+    codes = np.random.default_rng(4).normal(size=(100, 2))
+    assert len(latent_scatter(codes, np.linspace(0, 1, 100)).axes) == 2  # the plot and its colour bar
+    assert len(latent_scatter(codes, np.arange(100)).axes) == 2  # 100 classes: too many for a legend
+    fig = latent_scatter(codes)
+    assert len(fig.axes) == 1 and fig.axes[0].get_legend() is None
+
+
+def test_latent_scatter_projects_higher_dimensions_on_the_first_two_principal_components() -> None:
+    rng = np.random.default_rng(5)
+    scales = np.array([0.3, 3.0, 0.1, 1.5, 0.2])
+    rotation, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    codes = (rng.normal(size=(2000, 5)) * scales) @ rotation.T + 4.0
+    fig = latent_scatter(codes, rng.integers(0, 3, 2000))
+    ax = fig.axes[0]
+    # Oracle: eigen-decomposition of the sample covariance (the code uses an SVD of the centred data).
+    centred = codes - codes.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(centred.T))
+    top = eigvec[:, ::-1][:, :2]
+    expected = centred @ top
+    drawn = ax.collections[0].get_offsets()
+    for k in range(2):  # up to sign and point order
+        ok = [np.allclose(np.sort(s * drawn[:, k]), np.sort(expected[:, k]), atol=1e-9) for s in (1, -1)]
+        assert any(ok)
+    fraction = eigval[::-1][:2].sum() / eigval.sum()
+    assert "principal components of 5-D codes" in ax.get_title()
+    assert f"({fraction:.0%} of variance)" in ax.get_title()
+    figure_png(fig)
+
+
+def test_latent_scatter_one_dimensional_codes() -> None:
+    fig = latent_scatter(np.arange(10.0)[:, None])
+    np.testing.assert_allclose(np.sort(fig.axes[0].collections[0].get_offsets()[:, 0]), np.arange(10.0))
+
+
+def test_training_curves_one_panel_per_quantity_train_and_valid_lines_against_epoch() -> None:
+    rows = [json.loads(line) for line in _metrics_lines("perplexity")[:-1]]
+    fig = training_curves(rows)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6  # loss, elbo, reconstruction, kl, perplexity, lr
+    assert titles[:4] == [
+        "Loss (nats)",
+        "ELBO (nats)",
+        "Reconstruction E_q log p(x|z) (nats)",
+        "KL(q(z|x) ‖ p(z)) (nats)",
+    ]
+    assert titles[-1] == "Learning rate"
+    assert fig.axes[-1].get_yscale() == "log"  # lr spans more than 20x: log axis
+    assert fig.axes[1].get_yscale() == "linear"
+    elbo = fig.axes[1]
+    assert [line.get_label() for line in elbo.get_lines()] == ["train", "valid"]
+    train, valid = elbo.get_lines()
+    np.testing.assert_allclose(train.get_xdata(), [r["epoch"] for r in rows if r["split"] == "train"])
+    np.testing.assert_allclose(valid.get_ydata(), [r["elbo"] for r in rows if r["split"] == "valid"])
+    assert len(fig.axes[-1].get_lines()) == 1  # lr is logged for training only
+    assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+    # The steep start (ELBO -295 at the first line, -118 by the fourth) is left off the axis so that the
+    # settled curve is readable; everything from the fourth line on stays in view.
+    low, high = elbo.get_ylim()
+    assert -125 < low < -118 and high > -89
+    figure_png(fig)
+
+
+def test_training_curves_fall_back_to_step_and_reject_rows_without_numbers() -> None:
+    fig = training_curves([{"split": "train", "step": s, "loss": 1.0 / s} for s in range(1, 5)])
+    assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "step"
+    with pytest.raises(ValueError, match="no numeric quantity"):
+        training_curves([{"split": "train", "step": 1, "epoch": 0.1, "note": "x"}])

@@ -1,0 +1,190 @@
+"""The trainer: exact resume, atomic checkpoints, non-finite losses, early stopping, schedules."""
+
+import json
+import math
+import os
+import pickle
+
+import pytest
+import torch
+
+from vaelab.config import TrainConfig
+from vaelab.errors import VaelabError
+from vaelab.models import build_model
+from vaelab.models.vae import VAEConfig
+from vaelab.spec import DataSpec
+from vaelab.train import checkpoint as ckpt
+from vaelab.train import Callback, Checkpointer, EarlyStopping, JsonlLogger, TensorBatches, Trainer, dynamic_binarize
+from vaelab.train.batching import batch_seed
+from vaelab.train.schedules import learning_rate, linear_ramp
+
+SPEC = DataSpec((1, 4, 4), "binary")
+DATA = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+def _trainer(run_dir, seed=0, callbacks=None, **train):
+    torch.manual_seed(seed)
+    model = build_model(VAEConfig(latent_dim=2, hidden=[8], kl_warmup_steps=7), SPEC)
+    cfg = TrainConfig(**{"epochs": 3, "batch_size": 32, "log_every": 3, "seed": seed, "schedule": "cosine",
+                         "lr_final": 1e-4, **train})
+    batches = TensorBatches(DATA[:240], cfg.batch_size, seed=seed, transform=dynamic_binarize)
+    valid = TensorBatches(DATA[240:].bernoulli(generator=torch.Generator().manual_seed(1)), 30, shuffle=False)
+    cbs = callbacks if callbacks is not None else [JsonlLogger(run_dir / "metrics.jsonl"), Checkpointer(5)]
+    return Trainer(model, cfg, batches, valid, run_dir=run_dir, callbacks=cbs, meta={"model": {"name": "vae"}})
+
+
+def test_resume_is_exact(tmp_path):
+    full = _trainer(tmp_path / "full").fit()
+    # the same run, stopped after 11 steps (mid-epoch; checkpoint every 5 steps -> last at step 10)
+    class StopAt(Callback):  # what Ctrl-C does: stop after the current step, then checkpoint
+        def on_step_end(self, trainer):
+            if trainer.step == 11:
+                trainer.stop_reason = "interrupted"
+
+    run = tmp_path / "part"
+    part = _trainer(run, callbacks=[JsonlLogger(run / "metrics.jsonl"), Checkpointer(5), StopAt()])
+    part.fit()
+    assert part.last_checkpoint.name == "step_00000011"
+    resumed = _trainer(tmp_path / "part")
+    resumed.fit(resume=tmp_path / "part")
+    assert resumed.step == full.step == 24
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # the metrics file of the resumed run reads like one clean run
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, max_steps=5)
+    t.fit()
+    good = ckpt.resolve_checkpoint(tmp_path)
+    assert good.name == "step_00000005"
+    import safetensors.torch as st
+
+    real_save = st.save_file
+    calls = {"n": 0}
+
+    def dying_save(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die halfway: after the weights, while writing the trainer state
+            with open(path, "wb") as fh:
+                fh.write(b"\x00" * 10)
+            raise OSError("disk full (simulated)")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", dying_save)
+    t.step = 6
+    with pytest.raises(OSError):
+        t.save_checkpoint()
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    assert ckpt.resolve_checkpoint(tmp_path) == good
+    c = ckpt.load_checkpoint(tmp_path, with_trainer_state=True)
+    assert c.meta["step"] == 5
+    fresh = _trainer(tmp_path / "other")
+    fresh.load_checkpoint(tmp_path)
+    assert fresh.step == 5
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    t = _trainer(tmp_path, max_steps=40)
+    t.total_steps = 40
+    original = t.model.loss
+
+    def poisoned(batch):
+        out = original(batch)
+        if t.model.train_step >= 12:
+            out.loss = out.loss * float("nan")
+        return out
+
+    t.model.loss = poisoned
+    with pytest.raises(VaelabError, match=r"loss became nan.*last good checkpoint is .*step_00000010"):
+        t.fit()
+    c = ckpt.load_checkpoint(tmp_path)
+    assert c.meta["step"] == 10
+    assert all(torch.isfinite(v).all() for v in c.model_state.values())
+
+
+def test_early_stopping(tmp_path):
+    t = _trainer(tmp_path, epochs=50, eval_every=2, lr=1e-9, lr_final=1e-9, patience=2,
+                 callbacks=[EarlyStopping(2)])
+    t.fit()
+    assert t.stop_reason and "early stopping" in t.stop_reason
+    assert t.step < 50 * len(t.train_batches)
+
+
+def test_schedules_are_pure_functions():
+    assert linear_ramp(0, 10) == 0.0 and linear_ramp(5, 10) == 0.5 and linear_ramp(50, 10) == 1.0
+    assert linear_ramp(3, 0) == 1.0
+    assert learning_rate(0, 100, 1e-3, 1e-4, "cosine") == pytest.approx(1e-3)
+    assert learning_rate(100, 100, 1e-3, 1e-4, "cosine") == pytest.approx(1e-4)
+    assert learning_rate(50, 100, 1e-3, 1e-4, "exponential") == pytest.approx(math.sqrt(1e-3 * 1e-4))
+    assert learning_rate(4, 100, 1e-3, 1e-4, "constant", warmup_steps=10) == pytest.approx(5e-4)
+
+
+def test_batches_are_a_pure_function_of_seed_epoch_and_index():
+    tb = TensorBatches(DATA, 64, seed=3, transform=dynamic_binarize)
+    full = list(tb.epoch(2))
+    tail = list(tb.epoch(2, start=2))
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], tail))
+    assert not torch.equal(list(tb.epoch(1))[0], full[0])
+    assert len(tb) == 5 and sum(b.shape[0] for b in full) == 300
+    assert batch_seed(1, 2, 3) != batch_seed(1, 3, 2)
+    # data-parallel shards are disjoint and cover the permutation
+    a = TensorBatches(torch.arange(10.0).unsqueeze(1), 5, seed=0, rank=0, world=2)
+    b = TensorBatches(torch.arange(10.0).unsqueeze(1), 5, seed=0, rank=1, world=2)
+    xa, xb = torch.cat(list(a.epoch(0))), torch.cat(list(b.epoch(0)))
+    assert sorted(torch.cat([xa, xb]).squeeze(1).tolist()) == list(range(10))
+
+
+def test_dynamic_binarization_has_the_right_mean():
+    p = torch.full((200, 1000), 0.3)
+    x = dynamic_binarize(p, torch.Generator().manual_seed(0))
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert x.mean().item() == pytest.approx(0.3, abs=4 * math.sqrt(0.21 / 200_000))
+
+
+class TestCheckpointRefusals:
+    def test_pickle_is_refused_without_unpickling(self, tmp_path):
+        marker = tmp_path / "was_unpickled"
+
+        class Evil:
+            def __reduce__(self):
+                return (os.mkdir, (str(marker),))
+
+        path = tmp_path / "model.pkl"
+        path.write_bytes(pickle.dumps(Evil()))
+        with pytest.raises(VaelabError, match="pickled PyTorch file .* never unpickles"):
+            ckpt.load_checkpoint(path)
+        torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
+        with pytest.raises(VaelabError, match="never unpickles"):
+            ckpt.load_checkpoint(tmp_path / "model.pt")
+        assert not marker.exists()
+
+    def test_corrupt_weights(self, tmp_path):
+        t = _trainer(tmp_path, max_steps=5)
+        t.fit()
+        f = ckpt.resolve_checkpoint(tmp_path) / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:50])
+        with pytest.raises(VaelabError, match="is corrupt"):
+            ckpt.load_checkpoint(tmp_path)
+
+    def test_checkpoint_of_another_model(self, tmp_path):
+        t = _trainer(tmp_path, max_steps=5)
+        t.fit()
+        other = build_model(VAEConfig(latent_dim=3, hidden=[8]), SPEC)
+        with pytest.raises(VaelabError, match="does not fit this model"):
+            ckpt.load_model_weights(other, ckpt.load_checkpoint(tmp_path))
+        other = build_model(VAEConfig(latent_dim=2, hidden=[8, 8]), SPEC)
+        with pytest.raises(VaelabError, match="holds a different model"):
+            ckpt.load_model_weights(other, ckpt.load_checkpoint(tmp_path))
+
+    def test_not_a_checkpoint(self, tmp_path):
+        with pytest.raises(VaelabError, match="does not exist"):
+            ckpt.load_checkpoint(tmp_path / "nope")
+        with pytest.raises(VaelabError, match="no checkpoint found"):
+            ckpt.load_checkpoint(tmp_path)
+        (tmp_path / "state.json").write_text("{not json")
+        with pytest.raises(VaelabError, match="corrupt"):
+            ckpt.load_checkpoint(tmp_path)

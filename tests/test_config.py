@@ -15,8 +15,16 @@ def test_presets_load(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config("configs/vae_digits.toml", ["train.epochs=1", "model.hidden=[16, 8]", "train.lr=3e-4",
-                                                  "data.binarize=none", "train.compile=true"])
+    cfg = load_config(
+        "configs/vae_digits.toml",
+        [
+            "train.epochs=1",
+            "model.hidden=[16, 8]",
+            "train.lr=3e-4",
+            "data.binarize=none",
+            "train.compile=true",
+        ],
+    )
     assert cfg.train.epochs == 1 and cfg.model.hidden == [16, 8] and cfg.train.lr == 3e-4
     assert cfg.data.binarize == "none" and cfg.train.compile is True
     assert parse_overrides(["a.b.c=word"]) == {"a": {"b": {"c": "word"}}}
@@ -27,7 +35,10 @@ def test_overrides_are_typed():
     "data,message",
     [
         ({"model": {"name": "vae", "latnet_dim": 2}}, "unknown config key model.latnet_dim"),
-        ({"model": {"name": "vae"}, "train": {"epochs": "ten"}}, "train.epochs must be an integer, got 'ten'"),
+        (
+            {"model": {"name": "vae"}, "train": {"epochs": "ten"}},
+            "train.epochs must be an integer, got 'ten'",
+        ),
         ({"model": {"name": "vae"}, "train": {"lr": True}}, "train.lr must be a number"),
         ({"model": {"name": "vae", "latent_dim": -1}}, "model.latent_dim must be a positive integer"),
         ({"model": {"name": "vae", "hidden": [10, "a"]}}, r"model.hidden\[1\] must be an integer"),

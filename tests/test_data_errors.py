@@ -55,7 +55,9 @@ def test_missing_file_names_file_path_and_fix(tmp_path: Path, root: Path) -> Non
     with pytest.raises(VaelabError) as exc:
         load_dataset(DataConfig(name="mnist"), root=data)
     msg = one_line(exc)
-    assert "t10k-labels-idx1-ubyte.gz not found at " + str(data / "mnist" / "t10k-labels-idx1-ubyte.gz") in msg
+    assert (
+        "t10k-labels-idx1-ubyte.gz not found at " + str(data / "mnist" / "t10k-labels-idx1-ubyte.gz") in msg
+    )
     assert "vaelab data download mnist" in msg and "VAELAB_DATA" in msg
 
 
@@ -275,6 +277,10 @@ def test_threshold_dynamic_and_none() -> None:
     assert none.spec.kind == "continuous" and thr.spec.kind == "binary" and dyn.spec.kind == "binary"
     assert torch.equal(thr.train, (none.train > 0.5).float())
     assert torch.equal(dyn.train, none.train)  # the batcher draws; the loader does not
+    assert dyn.dynamic and not thr.dynamic and not none.dynamic
+    # evaluation sees the test set binarized once, exactly as binarize="fixed" would
+    fixed = finish("g", s, DataConfig(binarize="fixed"))
+    assert torch.equal(dyn.eval_images("test"), fixed.test) and torch.equal(thr.eval_images(), thr.test)
     assert torch.equal(none.test * 255, torch.from_numpy(s.test.astype(np.float32)))
 
 

@@ -38,7 +38,9 @@ def test_example2_argmin_is_p():
 
 
 def test_zero_probability_convention_and_infinite_support_mismatch():
-    assert kl_categorical(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5])).item() == pytest.approx(math.log(2))
+    assert kl_categorical(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5])).item() == pytest.approx(
+        math.log(2)
+    )
     assert math.isinf(kl_categorical(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])).item())
 
 
@@ -46,8 +48,9 @@ def test_categorical_matches_registry_and_brute_force():
     g = torch.Generator().manual_seed(0)
     q = torch.rand(5, 7, generator=g, dtype=torch.float64).softmax(-1)
     p = torch.rand(5, 7, generator=g, dtype=torch.float64).softmax(-1)
-    brute = torch.tensor([sum(q[i, j] * math.log(q[i, j] / p[i, j]) for j in range(7)) for i in range(5)],
-                         dtype=torch.float64)
+    brute = torch.tensor(
+        [sum(q[i, j] * math.log(q[i, j] / p[i, j]) for j in range(7)) for i in range(5)], dtype=torch.float64
+    )
     assert torch.allclose(kl_categorical(q, p), brute, atol=1e-12)
     assert torch.allclose(kl(Categorical(probs=q), Categorical(probs=p)), brute, atol=1e-12)
 
@@ -78,7 +81,10 @@ def test_full_covariance_gaussian_kl_matches_registry_and_monte_carlo():
     torch.manual_seed(2)
     a = torch.randn(3, 3, dtype=torch.float64)
     b = torch.randn(3, 3, dtype=torch.float64)
-    cov_q, cov_p = a @ a.T + 0.5 * torch.eye(3, dtype=torch.float64), b @ b.T + 0.5 * torch.eye(3, dtype=torch.float64)
+    cov_q, cov_p = (
+        a @ a.T + 0.5 * torch.eye(3, dtype=torch.float64),
+        b @ b.T + 0.5 * torch.eye(3, dtype=torch.float64),
+    )
     mu_q, mu_p = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     ours = kl_gaussian(mu_q, cov_q, mu_p, cov_p)
     q, p = MultivariateNormal(mu_q, cov_q), MultivariateNormal(mu_p, cov_p)

@@ -126,7 +126,9 @@ def test_importance_sampled_log_likelihood_within_three_standard_errors():
     model = _LinearGaussianModel(q_shift=0.3)
     exact = model.marginal.log_prob(X)
     torch.manual_seed(4)
-    runs = torch.stack([importance_sampled_log_likelihood(model, [X[:2], X[2:]], k=2000).log_px for _ in range(20)])
+    runs = torch.stack(
+        [importance_sampled_log_likelihood(model, [X[:2], X[2:]], k=2000).log_px for _ in range(20)]
+    )
     se = runs.std(0) / math.sqrt(runs.shape[0])
     assert ((runs.mean(0) - exact).abs() < 3 * se + 1e-4).all()
     res = importance_sampled_log_likelihood(model, [X], k=300)

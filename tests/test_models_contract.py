@@ -23,12 +23,21 @@ def _grey(shape):
 CASES = {
     "vae": [
         (VAEConfig(latent_dim=3, hidden=[16]), DataSpec((1, 6, 5), "binary"), _binary((1, 6, 5))),
-        (VAEConfig(latent_dim=2, hidden=[8, 8], activation="tanh", likelihood="gaussian"),
-         DataSpec((1, 4, 4), "continuous"), _grey((1, 4, 4))),
-        (VAEConfig(latent_dim=2, hidden=[8], objective="iwae", n_samples=4), DataSpec((3, 2, 2), "binary"),
-         _binary((3, 2, 2))),
-        (VAEConfig(latent_dim=2, hidden=[8], analytic_kl=False, n_samples=2, kl_warmup_steps=10),
-         DataSpec((1, 3, 3), "binary"), _binary((1, 3, 3))),
+        (
+            VAEConfig(latent_dim=2, hidden=[8, 8], activation="tanh", likelihood="gaussian"),
+            DataSpec((1, 4, 4), "continuous"),
+            _grey((1, 4, 4)),
+        ),
+        (
+            VAEConfig(latent_dim=2, hidden=[8], objective="iwae", n_samples=4),
+            DataSpec((3, 2, 2), "binary"),
+            _binary((3, 2, 2)),
+        ),
+        (
+            VAEConfig(latent_dim=2, hidden=[8], analytic_kl=False, n_samples=2, kl_warmup_steps=10),
+            DataSpec((1, 3, 3), "binary"),
+            _binary((1, 3, 3)),
+        ),
     ],
 }
 

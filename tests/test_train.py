@@ -13,8 +13,16 @@ from vaelab.errors import VaelabError
 from vaelab.models import build_model
 from vaelab.models.vae import VAEConfig
 from vaelab.spec import DataSpec
+from vaelab.train import (
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    JsonlLogger,
+    TensorBatches,
+    Trainer,
+    dynamic_binarize,
+)
 from vaelab.train import checkpoint as ckpt
-from vaelab.train import Callback, Checkpointer, EarlyStopping, JsonlLogger, TensorBatches, Trainer, dynamic_binarize
 from vaelab.train.batching import batch_seed
 from vaelab.train.schedules import learning_rate, linear_ramp
 
@@ -25,16 +33,28 @@ DATA = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 def _trainer(run_dir, seed=0, callbacks=None, **train):
     torch.manual_seed(seed)
     model = build_model(VAEConfig(latent_dim=2, hidden=[8], kl_warmup_steps=7), SPEC)
-    cfg = TrainConfig(**{"epochs": 3, "batch_size": 32, "log_every": 3, "seed": seed, "schedule": "cosine",
-                         "lr_final": 1e-4, **train})
+    cfg = TrainConfig(
+        **{
+            "epochs": 3,
+            "batch_size": 32,
+            "log_every": 3,
+            "seed": seed,
+            "schedule": "cosine",
+            "lr_final": 1e-4,
+            **train,
+        }
+    )
     batches = TensorBatches(DATA[:240], cfg.batch_size, seed=seed, transform=dynamic_binarize)
     valid = TensorBatches(DATA[240:].bernoulli(generator=torch.Generator().manual_seed(1)), 30, shuffle=False)
     cbs = callbacks if callbacks is not None else [JsonlLogger(run_dir / "metrics.jsonl"), Checkpointer(5)]
-    return Trainer(model, cfg, batches, valid, run_dir=run_dir, callbacks=cbs, meta={"model": {"name": "vae"}})
+    return Trainer(
+        model, cfg, batches, valid, run_dir=run_dir, callbacks=cbs, meta={"model": {"name": "vae"}}
+    )
 
 
 def test_resume_is_exact(tmp_path):
     full = _trainer(tmp_path / "full").fit()
+
     # the same run, stopped after 11 steps (mid-epoch; checkpoint every 5 steps -> last at step 10)
     class StopAt(Callback):  # what Ctrl-C does: stop after the current step, then checkpoint
         def on_step_end(self, trainer):
@@ -107,8 +127,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    t = _trainer(tmp_path, epochs=50, eval_every=2, lr=1e-9, lr_final=1e-9, patience=2,
-                 callbacks=[EarlyStopping(2)])
+    t = _trainer(
+        tmp_path, epochs=50, eval_every=2, lr=1e-9, lr_final=1e-9, patience=2, callbacks=[EarlyStopping(2)]
+    )
     t.fit()
     assert t.stop_reason and "early stopping" in t.stop_reason
     assert t.step < 50 * len(t.train_batches)

@@ -36,7 +36,9 @@ def test_transfer_matrix_equals_brute_force(shape):
     rng = np.random.default_rng(sum(shape))
     for _ in range(3):
         grid = IsingGrid.random(*shape, rng, coupling_scale=0.8, field_scale=0.7)
-        assert log_partition_transfer_matrix(grid) == pytest.approx(log_partition_brute_force(grid), rel=1e-12)
+        assert log_partition_transfer_matrix(grid) == pytest.approx(
+            log_partition_brute_force(grid), rel=1e-12
+        )
 
 
 def test_brute_force_refuses_large_grids():

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from vaelab.errors import VaelabError
 
@@ -59,9 +60,13 @@ class DataConfig:
 
     def validate(self, prefix: str) -> None:
         if self.valid_size < 0:
-            raise VaelabError(f"{prefix}.valid_size must be >= 0 (a fraction < 1 or a count), got {self.valid_size}")
+            raise VaelabError(
+                f"{prefix}.valid_size must be >= 0 (a fraction < 1 or a count), got {self.valid_size}"
+            )
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise VaelabError(f"{prefix}.image_size must be [height, width] with positive sizes, got {self.image_size}")
+            raise VaelabError(
+                f"{prefix}.image_size must be [height, width] with positive sizes, got {self.image_size}"
+            )
         if self.channels not in (0, 1, 3):
             raise VaelabError(f"{prefix}.channels must be 0 (as stored), 1 or 3, got {self.channels}")
         if self.limit < 0:
@@ -165,7 +170,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise VaelabError(f"{key} must be one of {', '.join(map(repr, typing.get_args(tp)))}; got {value!r}")
+            raise VaelabError(
+                f"{key} must be one of {', '.join(map(repr, typing.get_args(tp)))}; got {value!r}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -236,10 +243,12 @@ def config_from_dict(data: dict) -> RunConfig:
     data = dict(data)
     unknown = sorted(set(data) - {"model", "data", "train", "eval", "name"})
     if unknown:
-        raise VaelabError(f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval]")
+        raise VaelabError(
+            f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval]"
+        )
     model = dict(data.get("model", {}))
     if "name" not in model:
-        raise VaelabError("the config has no model.name; add name = \"vae\" to the [model] section")
+        raise VaelabError('the config has no model.name; add name = "vae" to the [model] section')
     cls = model_class(model["name"])
     return RunConfig(
         model=from_dict(cls.Config, model, "model"),

@@ -35,7 +35,9 @@ def has_closed_form(p: Distribution, q: Distribution) -> bool:
     return True
 
 
-def kl_monte_carlo(p: Distribution, q: Distribution, n_samples: int = 1, *, reparameterize: bool = True) -> Tensor:
+def kl_monte_carlo(
+    p: Distribution, q: Distribution, n_samples: int = 1, *, reparameterize: bool = True
+) -> Tensor:
     """Monte Carlo estimate of KL(p || q) = E_p[log p(z) - log q(z)].
 
     Args:
@@ -127,4 +129,3 @@ if (Independent, Normal) not in _KL_REGISTRY:
         ndims = p.reinterpreted_batch_ndims
         terms = kl_divergence(base, q)
         return terms.sum(tuple(range(-ndims, 0))) if ndims else terms
-

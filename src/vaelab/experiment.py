@@ -49,16 +49,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise VaelabError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+            raise VaelabError(
+                "--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
     raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
-
-
-def _fixed_binarize(x: Tensor, seed: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(x.shape, generator=g) < x).to(x.dtype)
 
 
 @dataclass
@@ -76,37 +73,44 @@ class Prepared:
     device: torch.device
 
 
-def _eval_split(x: Tensor | None, cfg: RunConfig) -> Tensor | None:
-    """Validation and test data as the model sees them: binarised once, with a fixed seed, when the
-    training data is binarised dynamically (so every evaluation scores the same binary images)."""
-    if x is None:
-        return None
-    if cfg.data.binarize == "dynamic":
-        return _fixed_binarize(x, cfg.data.split_seed + 1)
-    return x
-
-
-def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1, need_train: bool = True) -> Prepared:
+def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
     from vaelab.data import load_dataset
 
     bundle = load_dataset(cfg.data)
     spec = bundle.spec
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, spec).to(device)
-    transform = dynamic_binarize if cfg.data.binarize == "dynamic" else None
-    train = TensorBatches(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                          transform=transform, device=device, rank=rank, world=world)
-    valid_x = _eval_split(bundle.valid, cfg)
-    test_x = _eval_split(bundle.test, cfg)
+    transform = dynamic_binarize if bundle.dynamic else None
+    train = TensorBatches(
+        bundle.train,
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=cfg.train.seed,
+        transform=transform,
+        device=device,
+        rank=rank,
+        world=world,
+    )
+    # with dynamic binarisation, validation and test images are binarised once with a fixed seed,
+    # so every evaluation scores the same binary images
+    valid_x = bundle.eval_images("valid")
+    test_x = bundle.eval_images("test")
     ebs = cfg.eval.batch_size
-    valid = (TensorBatches(valid_x, ebs, shuffle=False, device=device, rank=rank, world=world)
-             if valid_x is not None and len(valid_x) else None)
+    valid = (
+        TensorBatches(valid_x, ebs, shuffle=False, device=device, rank=rank, world=world)
+        if valid_x is not None and len(valid_x)
+        else None
+    )
     test_labels = bundle.test_labels
     if test_x is not None and cfg.eval.max_examples:
         test_x = test_x[: cfg.eval.max_examples]
         test_labels = test_labels[: cfg.eval.max_examples] if test_labels is not None else None
-    test = TensorBatches(test_x, ebs, shuffle=False, device=device) if test_x is not None and len(test_x) else None
-    if hasattr(model, "head") and cfg.data.binarize != "dynamic":
+    test = (
+        TensorBatches(test_x, ebs, shuffle=False, device=device)
+        if test_x is not None and len(test_x)
+        else None
+    )
+    if hasattr(model, "head") and not bundle.dynamic:
         model.head.check_data(bundle.train[: min(len(bundle.train), 1000)])
     return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
 
@@ -120,8 +124,11 @@ def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def run_meta(cfg: RunConfig, spec: DataSpec) -> dict:
-    return {"model": json.loads(dump_json(cfg))["model"], "config": json.loads(dump_json(cfg)),
-            "spec": spec.to_dict()}
+    return {
+        "model": json.loads(dump_json(cfg))["model"],
+        "config": json.loads(dump_json(cfg)),
+        "spec": spec.to_dict(),
+    }
 
 
 def train_run(
@@ -140,15 +147,20 @@ def train_run(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     has_ckpt = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
     if has_ckpt and not resume:
-        raise VaelabError(f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
-                          "or --out to start a new run elsewhere")
+        raise VaelabError(
+            f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
+            "or --out to start a new run elsewhere"
+        )
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
         _write_run_files(run_dir, cfg)
-    callbacks: list[Callback] = [ProgressBar(progress), JsonlLogger(run_dir / "metrics.jsonl"),
-                                 Checkpointer(cfg.train.checkpoint_every)]
+    callbacks: list[Callback] = [
+        ProgressBar(progress),
+        JsonlLogger(run_dir / "metrics.jsonl"),
+        Checkpointer(cfg.train.checkpoint_every),
+    ]
     if cfg.train.patience:
         callbacks.append(EarlyStopping(cfg.train.patience))
     try:
@@ -158,8 +170,15 @@ def train_run(
     except ImportError:
         pass
     callbacks += extra_callbacks or []
-    trainer = Trainer(prep.model, cfg.train, prep.train, prep.valid, run_dir=run_dir, callbacks=callbacks,
-                      meta=run_meta(cfg, prep.spec))
+    trainer = Trainer(
+        prep.model,
+        cfg.train,
+        prep.train,
+        prep.valid,
+        run_dir=run_dir,
+        callbacks=callbacks,
+        meta=run_meta(cfg, prep.spec),
+    )
     trainer.fit(resume=run_dir if resume else None)
     return trainer, prep
 
@@ -177,7 +196,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise VaelabError(f"{f} is not valid JSON ({exc}); restore it or retrain") from None
 
 
-def load_run_model(run_dir: str | Path, device: torch.device, which: str = "best") -> tuple[Model, RunConfig, Path]:
+def load_run_model(
+    run_dir: str | Path, device: torch.device, which: str = "best"
+) -> tuple[Model, RunConfig, Path]:
     """Rebuild a run's model from its checkpoint (``best`` when present, else the latest)."""
     run_dir = Path(run_dir)
     path = run_dir
@@ -194,8 +215,15 @@ def load_run_model(run_dir: str | Path, device: torch.device, which: str = "best
 
 
 @torch.no_grad()
-def write_figures(run_dir: str | Path, model: Model, test: Tensor, labels: Tensor | None, *, n_samples: int = 64,
-                  seed: int = 0) -> list[Path]:
+def write_figures(
+    run_dir: str | Path,
+    model: Model,
+    test: Tensor,
+    labels: Tensor | None,
+    *,
+    n_samples: int = 64,
+    seed: int = 0,
+) -> list[Path]:
     """Arrays for the report: reconstructions, samples, the 2-D manifold, posterior codes."""
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +275,7 @@ def evaluate_run(
         cfg.eval.is_samples = k
     if max_examples is not None:
         cfg.eval.max_examples = max_examples
-    prep = prepare(cfg, device, need_train=False)
+    prep = prepare(cfg, device)
     prep.model = model
     split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)
     if batches is None:
@@ -258,8 +286,9 @@ def evaluate_run(
     terms = mean_loss_terms(model, batches.epoch(0))
     result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
     if hasattr(model, "log_importance_weights"):
-        ll = importance_sampled_log_likelihood(model, batches.epoch(0), cfg.eval.is_samples,
-                                               progress=bool(progress))
+        ll = importance_sampled_log_likelihood(
+            model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
+        )
         result.update(ll.as_dict())
     if hasattr(model, "encode"):
         from vaelab.evaluation import posterior_means
@@ -302,9 +331,11 @@ def format_eval(result: dict) -> str:
     """A short human table of an eval.json."""
     lines = []
     if "log_px" in result:
-        lines.append(f"IS log p(x)  {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
-                     f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
-                     f"ESS mean {result['ess_mean']:.0f})")
+        lines.append(
+            f"IS log p(x)  {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
+            f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
+            f"ESS mean {result['ess_mean']:.0f})"
+        )
         lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "elbo" in result:
         lines.append(f"ELBO         {result['elbo']:.2f} nats")

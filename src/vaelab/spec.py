@@ -33,5 +33,9 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> DataSpec:
-        return cls(shape=tuple(d["shape"]), kind=d.get("kind", "continuous"), n_classes=d.get("n_classes", 0),
-                   extra=dict(d.get("extra", {})))
+        return cls(
+            shape=tuple(d["shape"]),
+            kind=d.get("kind", "continuous"),
+            n_classes=d.get("n_classes", 0),
+            extra=dict(d.get("extra", {})),
+        )

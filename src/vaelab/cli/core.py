@@ -15,16 +15,28 @@ DEMO_MNIST = {
     "name": "demo",
     "model": {"name": "vae", "latent_dim": 2, "hidden": [512, 256], "activation": "relu"},
     "data": {"name": "mnist", "binarize": "dynamic", "valid_size": 5000},
-    "train": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "lr_final": 3e-4, "schedule": "cosine",
-              "log_every": 50},
+    "train": {
+        "epochs": 20,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "lr_final": 3e-4,
+        "schedule": "cosine",
+        "log_every": 50,
+    },
     "eval": {"is_samples": 100, "max_examples": 2000},
 }
 DEMO_DIGITS = {
     "name": "demo",
     "model": {"name": "vae", "latent_dim": 2, "hidden": [256, 128], "activation": "relu"},
     "data": {"name": "digits", "binarize": "dynamic"},
-    "train": {"epochs": 300, "batch_size": 64, "lr": 2e-3, "lr_final": 2e-4, "schedule": "cosine",
-              "log_every": 20},
+    "train": {
+        "epochs": 300,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "lr_final": 2e-4,
+        "schedule": "cosine",
+        "log_every": 20,
+    },
     "eval": {"is_samples": 1000},
 }
 
@@ -32,18 +44,30 @@ DEMO_DIGITS = {
 def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     if seed:
-        p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's train.seed)")
+        p.add_argument(
+            "--seed", type=int, default=None, help="random seed (default: the config's train.seed)"
+        )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    g.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always show progress bars"
+    )
     g.add_argument("--quiet", dest="progress", action="store_false", help="never show progress bars")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML preset, e.g. configs/vae_mnist.toml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.epochs=1 (repeatable)",
+    )
     p.add_argument("--out", help="run folder (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the test evaluation, figures and report")
     _common(p)
 
@@ -68,8 +92,11 @@ def _init_distributed(device_name: str):
     return device
 
 
-@command("train", "train a model from a TOML config; writes runs/NAME with checkpoints, metrics and a report",
-         _train_args)
+@command(
+    "train",
+    "train a model from a TOML config; writes runs/NAME with checkpoints, metrics and a report",
+    _train_args,
+)
 def train_cmd(args: argparse.Namespace) -> int:
     import json
 
@@ -101,8 +128,10 @@ def train_cmd(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0
     reason = trainer.stop_reason or "finished"
-    print(f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
-          f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}")
+    print(
+        f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
+        f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}"
+    )
     if trainer.stop_reason and "interrupted" in trainer.stop_reason:
         print(f"resume with: vaelab train --resume --out {run_dir}")
         return 130
@@ -128,8 +157,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--is-samples", type=int, default=None, help="importance samples K per example")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N test examples")
-    p.add_argument("--checkpoint", choices=["best", "latest"], default="best",
-                   help="the best-validation checkpoint (default) or the latest one")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "latest"],
+        default="best",
+        help="the best-validation checkpoint (default) or the latest one",
+    )
     _common(p)
 
 
@@ -143,8 +176,14 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    result = evaluate_run(args.run, resolve_device(args.device), k=args.is_samples, max_examples=args.max_examples,
-                          progress=args.progress, which=args.checkpoint)
+    result = evaluate_run(
+        args.run,
+        resolve_device(args.device),
+        k=args.is_samples,
+        max_examples=args.max_examples,
+        progress=args.progress,
+        which=args.checkpoint,
+    )
     print(format_eval(result))
     print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")
     return 0
@@ -186,8 +225,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("demo", "train a small 2-D VAE (MNIST if present, else the bundled 8x8 digits) and write a report",
-         _demo_args)
+@command(
+    "demo",
+    "train a small 2-D VAE (MNIST if present, else the bundled 8x8 digits) and write a report",
+    _demo_args,
+)
 def demo_cmd(args: argparse.Namespace) -> int:
     import shutil
 
@@ -212,8 +254,10 @@ def demo_cmd(args: argparse.Namespace) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    print(f"demo: a VAE with a 2-D latent space on {which}, {cfg.train.epochs} epochs on {device} -> {run_dir}",
-          file=sys.stderr)
+    print(
+        f"demo: a VAE with a 2-D latent space on {which}, {cfg.train.epochs} epochs on {device} -> {run_dir}",
+        file=sys.stderr,
+    )
     trainer, _ = train_run(cfg, run_dir, device=device, progress=args.progress)
     result = evaluate_run(run_dir, device, progress=args.progress)
     print(format_eval(result))

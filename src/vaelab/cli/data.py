@@ -22,6 +22,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     dl.add_argument("name", help="a dataset from `vaelab data list`")
     dl.add_argument("--root", type=Path, default=None, help="where to write (default: $VAELAB_DATA or cache)")
     dl.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    dl.add_argument(
+        "--from",
+        dest="from_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="use the canonical source files fetched by hand into DIR instead of the network",
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -74,7 +82,7 @@ _PREFIX_HELP = {
 def _download(args: argparse.Namespace) -> int:
     from vaelab.data import download
 
-    paths = download(args.name, args.root, timeout=args.timeout)
+    paths = download(args.name, args.root, timeout=args.timeout, from_dir=args.from_dir)
     print(f"{args.name}: ready in {paths[0].parent}")
     return 0
 

@@ -67,6 +67,7 @@ def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool =
     verify: check each file's sha256 (once per process); the parsers check formats regardless.
     Returns a :class:`DataBundle` of float32 (N, C, H, W) tensors in [0, 1].
     """
+    cfg.validate("data")
     prefix, sep, path = cfg.name.partition(":")
     if sep and prefix in PREFIXES:
         if not path:
@@ -76,5 +77,7 @@ def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool =
         splits = PREFIXES[prefix](path, cfg)
     else:
         ds = get_dataset(cfg.name)
-        splits = ds.loader(ds, Path(root) if root is not None else data_root(), cfg, verify)
+        splits = ds.loader(
+            ds, Path(root).expanduser().absolute() if root is not None else data_root(), cfg, verify
+        )
     return finish(cfg.name, splits, cfg)

@@ -66,6 +66,9 @@ class DataBundle:
     spec: the event shape (C, H, W), the kind (``binary`` / ``continuous``) and ``n_classes``.
     name: the dataset's name as given in ``data.name``.
     class_names: one name per label value (may be empty).
+    dynamic: True when the batcher must draw x ~ Bernoulli(pixel) for every batch
+        (``data.binarize = "dynamic"`` on grey-level data).
+    split_seed: ``data.split_seed``, which also seeds the fixed binarization draws.
     """
 
     train: torch.Tensor
@@ -77,12 +80,23 @@ class DataBundle:
     valid_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     class_names: list[str] = field(default_factory=list)
+    dynamic: bool = False
+    split_seed: int = 0
 
     def split(self, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(images, labels)`` of ``"train"``, ``"valid"`` or ``"test"``."""
         if which not in _SPLIT_INDEX:
             raise ValueError(f"split must be train, valid or test, got {which!r}")
         return getattr(self, which), getattr(self, f"{which}_labels")
+
+    def eval_images(self, which: str = "test") -> torch.Tensor | None:
+        """The images to evaluate log p(x) on: with dynamic binarization, one fixed Bernoulli draw
+        (the same draw ``data.binarize = "fixed"`` makes, seeded by ``split_seed``); otherwise the
+        split as it is. So a dynamically trained model is tested on a test set binarized once."""
+        x = getattr(self, which) if which in _SPLIT_INDEX else None
+        if x is None or not self.dynamic:
+            return x
+        return binarize(x, "fixed", self.split_seed, which)
 
     def summary(self) -> str:
         """One line: name, shape, kind and split sizes, e.g. for logs."""
@@ -160,9 +174,9 @@ def binarize(x: torch.Tensor, mode: str, seed: int = 0, split: str = "test") -> 
 def _to_tensor(x: np.ndarray, max_value: float) -> torch.Tensor:
     if np.issubdtype(x.dtype, np.integer):
         # One copy (astype), then in place: 0..max_value onto [0, 1].
-        out = torch.from_numpy(x.astype(np.float32))
+        out = torch.from_numpy(x.astype(np.float32, order="C"))
         return out.div_(max_value) if max_value != 1 else out
-    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
+    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True, order="C"))
 
 
 def _labels(y: np.ndarray | None) -> torch.Tensor | None:
@@ -211,4 +225,6 @@ def finish(name: str, s: ImageSplits, cfg: DataConfig) -> DataBundle:
         valid_labels=_labels(valid_y) if out["valid"] is not None else None,
         test_labels=_labels(test_y) if out["test"] is not None else None,
         class_names=list(s.class_names),
+        dynamic=mode == "dynamic" and not s.binary,
+        split_seed=cfg.split_seed,
     )

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 from vaelab.errors import VaelabError
@@ -47,7 +48,14 @@ def _fetch(url: str, folder: Path, name: str, size: int, sha256: str, timeout: f
         raise _Failed(url, f"{exc.reason}", True) from None
     except OSError as exc:  # TimeoutError, ConnectionError, ...
         raise _Failed(url, f"{type(exc).__name__}: {exc}", True) from None
+    with resp:
+        return _copy_checked(resp, url, folder, name, size, sha256, progress)
 
+
+def _copy_checked(
+    stream: BinaryIO, origin: str, folder: Path, name: str, size: int, sha256: str, progress: bool
+) -> Path:
+    """Copy ``stream`` into a temporary file in ``folder`` while hashing; keep it only if it checks."""
     from tqdm import tqdm
 
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
@@ -55,40 +63,77 @@ def _fetch(url: str, folder: Path, name: str, size: int, sha256: str, timeout: f
     digest, got = hashlib.sha256(), 0
     try:
         with (
-            resp,
             os.fdopen(fd, "wb") as out,
             tqdm(total=size, unit="B", unit_scale=True, desc=name, disable=not progress, leave=False) as bar,
         ):
-            while chunk := resp.read(_CHUNK):
+            while chunk := stream.read(_CHUNK):
                 got += len(chunk)
                 if got > size:
-                    raise _Failed(url, f"the server sent more than the expected {size:,} bytes", False)
+                    raise _Failed(origin, f"more than the expected {size:,} bytes", False)
                 digest.update(chunk)
                 out.write(chunk)
                 bar.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
         if got != size:
-            raise _Failed(url, f"got {got:,} of {size:,} bytes (connection cut?)", False)
+            raise _Failed(origin, f"got {got:,} of {size:,} bytes", False)
         if digest.hexdigest() != sha256:
-            raise _Failed(url, f"sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...", False)
+            raise _Failed(origin, f"sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...", False)
         return tmp
     except _Failed:
         tmp.unlink(missing_ok=True)
         raise
-    except OSError as exc:  # timeouts and resets while reading (URLError is an OSError)
+    except OSError as exc:  # timeouts and resets while reading (URLError is an OSError too)
         tmp.unlink(missing_ok=True)
-        raise _Failed(url, f"download interrupted ({type(exc).__name__}: {exc})", False) from None
+        raise _Failed(origin, f"download interrupted ({type(exc).__name__}: {exc})", False) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _source_name(source: Source) -> str:
+    """The file name a source has when fetched by hand (the last part of its URL)."""
+    return Path(urlparse(source.urls[0]).path).name
+
+
+def _from_local(ds: Dataset, source: Source, from_dir: Path, folder: Path, name: str) -> Path:
+    path = from_dir / _source_name(source)
+    if not path.is_file():
+        raise VaelabError(
+            f"{_source_name(source)} not found in {from_dir}; fetch {source.urls[0]} into it, "
+            f"or drop --from to download {ds.name}"
+        )
+    try:
+        with open(path, "rb") as fh:
+            return _copy_checked(fh, str(path), folder, name, source.size, source.sha256, False)
+    except _Failed as exc:
+        raise VaelabError(
+            f"{path} does not match the canonical {_source_name(source)} ({exc.why}); fetch it again "
+            f"from {source.urls[0]}"
+        ) from None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _hosts(urls: tuple[str, ...]) -> str:
     return ", ".join(dict.fromkeys(urlparse(u).netloc for u in urls))
 
 
-def _fetch_one(ds: Dataset, f: DataFile, folder: Path, timeout: float, progress: bool) -> None:
+def _fetch_one(
+    ds: Dataset, f: DataFile, folder: Path, timeout: float, progress: bool, from_dir: Path | None
+) -> None:
     source = f.source or Source(f.urls, f.size, f.sha256, build=lambda a, b: None)
     if not source.urls:
         raise VaelabError(
@@ -96,7 +141,9 @@ def _fetch_one(ds: Dataset, f: DataFile, folder: Path, timeout: float, progress:
         )
     failures: list[_Failed] = []
     fetched: Path | None = None
-    for url in source.urls:
+    if from_dir is not None:
+        fetched = _from_local(ds, source, from_dir, folder, f.name)
+    for url in source.urls if fetched is None else ():
         try:
             fetched = _fetch(url, folder, f.name, source.size, source.sha256, timeout, progress)
             break
@@ -104,8 +151,9 @@ def _fetch_one(ds: Dataset, f: DataFile, folder: Path, timeout: float, progress:
             failures.append(exc)
     if fetched is None:
         manual = (
-            f"copy {f.name} (sha256 {f.sha256[:12]}...) into {folder} by hand, "
-            f"or set VAELAB_DATA to a folder that holds {ds.folder}/{f.name}"
+            f"fetch {source.urls[0]} where you are online and run `vaelab data download {ds.name} "
+            f"--from DIR` with the file in DIR, or set VAELAB_DATA to a folder that holds "
+            f"{ds.folder}/{f.name}"
         )
         if all(x.unreachable for x in failures):
             raise VaelabError(
@@ -127,7 +175,7 @@ def _fetch_one(ds: Dataset, f: DataFile, folder: Path, timeout: float, progress:
             except (OSError, ValueError, EOFError) as exc:
                 raise VaelabError(f"cannot build {f.name} from {fetched.name} ({exc}); report this") from None
             if not f.gunzip:  # gunzip files were verified through their uncompressed source
-                digest = hashlib.sha256(built.read_bytes()).hexdigest()
+                digest = _sha256_file(built)
                 if digest != f.sha256:
                     raise VaelabError(
                         f"{f.name} rebuilt from its source has sha256 {digest[:12]}..., expected "
@@ -135,6 +183,7 @@ def _fetch_one(ds: Dataset, f: DataFile, folder: Path, timeout: float, progress:
                     )
             fetched.unlink()
             fetched, built = built, None
+        os.chmod(fetched, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(fetched, dest)
         fetched = None
     finally:
@@ -149,15 +198,18 @@ def download_dataset(
     *,
     timeout: float = 60.0,
     progress: bool | None = None,
+    from_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Fetch every missing or corrupt file of ``ds`` into ``root`` (default :func:`data_root`).
 
-    Files already present with the right checksum are kept. Returns the paths of all its files.
+    Files already present with the right checksum are kept. ``from_dir``: take the canonical
+    source files from this folder (fetched by hand, under the names their URLs end in) instead
+    of the network; they are checked and built the same way. Returns the paths of all its files.
     """
     if not ds.files:
         raise VaelabError(f"dataset {ds.name!r} needs no download ({ds.note or 'no files'})")
-    root = Path(root) if root is not None else data_root()
+    root = Path(root).expanduser().absolute() if root is not None else data_root()
     folder = root / ds.folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +231,7 @@ def download_dataset(
             log(f"{ds.name}: {f.name} already present and verified")
         else:
             log(f"{ds.name}: fetching {f.name} ({status.state})")
-            _fetch_one(ds, f, folder, timeout, progress)
+            _fetch_one(ds, f, folder, timeout, progress, Path(from_dir) if from_dir is not None else None)
             after = file_status(ds, f, root)
             if after.state != "present":
                 raise VaelabError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from vaelab.errors import VaelabError
 
 from .base import ImageSplits
 from .registry import register_prefix
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = ["IMAGE_SUFFIXES", "load_folder", "list_images"]
 
@@ -48,14 +52,14 @@ def _unreadable(path: Path, exc: BaseException) -> VaelabError:
     return VaelabError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace that file")
 
 
-def _is_grey(img) -> bool:  # noqa: ANN001 - a PIL image
+def _is_grey(img: PILImage) -> bool:
     if img.mode == "P":
         pal = img.getpalette() or []
         return all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
     return img.mode in _GREY_MODES
 
 
-def _to_8bit(img):  # noqa: ANN001, ANN202 - PIL image in and out
+def _to_8bit(img: PILImage) -> PILImage:
     """Pillow image in any mode -> mode ``L``, ``RGB`` or ``RGBA`` holding 8-bit values."""
     from PIL import Image
 
@@ -74,7 +78,7 @@ def load_folder(path: str, cfg: DataConfig) -> ImageSplits:
     """Images under folder ``path`` -> uint8 (N, C, H, W) with labels from sub-folders (see module doc)."""
     from PIL import Image
 
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().absolute()
     if not root.is_dir():
         raise VaelabError(f"data.name folder:{path}: {root} is not a folder; give a folder of images")
     files = list_images(root)

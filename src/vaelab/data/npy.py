@@ -75,8 +75,22 @@ def as_images(x: np.ndarray, label: str) -> tuple[np.ndarray, float]:
     raise VaelabError(f"{label} holds dtype {x.dtype}; save a numeric array (uint8 or float in [0, 1])")
 
 
+_PICKLED = (
+    "holds pickled Python objects, which vaelab refuses to unpickle; "
+    "save a numeric array instead (np.save(path, x.astype(np.float32)))"
+)
+
+
 def _read(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     label = f"npy file {p}"
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    # .npy starts with b"\x93NUMPY", .npz (a zip) with b"PK\x03\x04"; np.load would take
+    # anything else for a pickle.
+    if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK\x03\x04")):
+        if magic[:1] == b"\x80":  # pickle protocol 2 and later
+            raise VaelabError(f"{label} {_PICKLED}")
+        raise VaelabError(f"{label} is not a .npy or .npz file (it starts {magic!r}); save it with np.save")
     try:
         loaded = np.load(p, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -94,10 +108,7 @@ def _read(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except ValueError as exc:
         if "pickle" in str(exc):
-            raise VaelabError(
-                f"{label} holds pickled Python objects, which vaelab refuses to unpickle; "
-                "save a numeric array instead (np.save(path, x.astype(np.float32)))"
-            ) from None
+            raise VaelabError(f"{label} {_PICKLED}") from None
         raise VaelabError(f"{label} is not a valid .npy/.npz file ({exc}); save it with np.save") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise VaelabError(
@@ -107,7 +118,7 @@ def _read(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def load_npy(path: str, cfg: DataConfig) -> ImageSplits:
     """``.npy`` / ``.npz`` at ``path`` -> images (N, C, H, W); see the module docstring."""
-    p = Path(path).expanduser()
+    p = Path(path).expanduser().absolute()
     if not p.is_file():
         raise VaelabError(f"data.name npy:{path}: file {p} not found; give the path of a .npy or .npz file")
     x, y = _read(p)

@@ -131,7 +131,8 @@ def register_prefix(prefix: str, loader: Callable[[str, DataConfig], ImageSplits
 
 
 def dataset_names() -> list[str]:
-    return list(DATASETS)
+    """Registered dataset names, sorted."""
+    return sorted(DATASETS)
 
 
 def get_dataset(name: str) -> Dataset:
@@ -139,7 +140,7 @@ def get_dataset(name: str) -> Dataset:
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join(DATASETS) + ", " + ", ".join(f"{p}:PATH" for p in PREFIXES)
+        known = ", ".join([*dataset_names(), *(f"{p}:PATH" for p in sorted(PREFIXES))])
         raise VaelabError(
             f"unknown dataset {name!r}; known datasets: {known} (see `vaelab data list`)"
         ) from None
@@ -152,7 +153,7 @@ def data_root() -> Path:
     """``$VAELAB_DATA`` if set, else ``$XDG_CACHE_HOME/vaelab/data`` or ``~/.cache/vaelab/data``."""
     env = os.environ.get("VAELAB_DATA", "").strip()
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = Path(cache).expanduser() if cache else Path.home() / ".cache"
     return base / "vaelab" / "data"

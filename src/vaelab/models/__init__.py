@@ -1,6 +1,14 @@
 """Model families. Importing this package registers every built-in model."""
 
 from vaelab.models import vae as _vae  # noqa: F401  (registers "vae")
-from vaelab.models.base import MODELS, LossOutput, Model, ModelConfig, build_model, model_class, register_model
+from vaelab.models.base import (
+    MODELS,
+    LossOutput,
+    Model,
+    ModelConfig,
+    build_model,
+    model_class,
+    register_model,
+)
 
 __all__ = ["MODELS", "LossOutput", "Model", "ModelConfig", "build_model", "model_class", "register_model"]

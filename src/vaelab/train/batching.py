@@ -27,8 +27,12 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def dynamic_binarize(x: Tensor, generator: torch.Generator) -> Tensor:
-    """x ~ Bernoulli(p = grey level), one bulk draw for the whole batch."""
-    return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < x).to(x.dtype)
+    """x ~ Bernoulli(p = grey level), one bulk draw for the whole batch.
+
+    The comparison u < p is written in place into the uniforms (no bool tensor and no bool-to-float
+    conversion pass, which on CPU costs ten times the comparison itself).
+    """
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
 
 
 class TensorBatches:

@@ -42,8 +42,14 @@ class ProgressBar(Callback):
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-                        desc="train", file=sys.stderr)
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            unit="step",
+            dynamic_ncols=True,
+            desc="train",
+            file=sys.stderr,
+        )
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
@@ -140,5 +146,7 @@ class EarlyStopping(Callback):
 
     def on_eval_end(self, trainer: Trainer, metrics: dict) -> None:
         if trainer.evals_without_improvement >= self.patience:
-            trainer.stop_reason = (f"early stopping: validation loss has not improved for "
-                                   f"{self.patience} evaluations (best {trainer.best_valid:.4f})")
+            trainer.stop_reason = (
+                f"early stopping: validation loss has not improved for "
+                f"{self.patience} evaluations (best {trainer.best_valid:.4f})"
+            )

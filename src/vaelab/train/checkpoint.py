@@ -194,29 +194,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise VaelabError(f"no checkpoint found in {p}; train first (vaelab train CONFIG --out {p})")
 
 
-def load_checkpoint(path: str | Path, *, with_trainer_state: bool = False, map_location: str = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, with_trainer_state: bool = False, map_location: str = "cpu"
+) -> Checkpoint:
     """Read a checkpoint folder (or run folder). Only safetensors and JSON are ever parsed."""
     folder = resolve_checkpoint(path)
     try:
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VaelabError(f"checkpoint {folder} is corrupt (state.json unreadable: {exc}); "
-                          "use an earlier checkpoint or retrain") from None
+        raise VaelabError(
+            f"checkpoint {folder} is corrupt (state.json unreadable: {exc}); "
+            "use an earlier checkpoint or retrain"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise VaelabError(f"{folder} is not a vaelab checkpoint (state.json has no format '{FORMAT}')")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise VaelabError(f"checkpoint {folder} was written by a newer vaelab "
-                          f"({meta.get('vaelab_version')}); upgrade vaelab to load it")
+        raise VaelabError(
+            f"checkpoint {folder} was written by a newer vaelab "
+            f"({meta.get('vaelab_version')}); upgrade vaelab to load it"
+        )
 
     def read(name: str) -> dict[str, Tensor]:
         f = folder / name
         if not f.is_file():
-            raise VaelabError(f"checkpoint {folder} is incomplete: {name} is missing; use an earlier checkpoint")
+            raise VaelabError(
+                f"checkpoint {folder} is incomplete: {name} is missing; use an earlier checkpoint"
+            )
         try:
             return load_file(str(f), device=map_location)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise VaelabError(f"checkpoint file {f} is corrupt ({str(exc).splitlines()[0][:120]}); "
-                              "use an earlier checkpoint or retrain") from None
+            raise VaelabError(
+                f"checkpoint file {f} is corrupt ({str(exc).splitlines()[0][:120]}); "
+                "use an earlier checkpoint or retrain"
+            ) from None
 
     model_state = read("model.safetensors")
     trainer_state = read("trainer.safetensors") if with_trainer_state else None
@@ -230,12 +240,16 @@ def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     unexpected = sorted(set(ckpt.model_state) - set(expected))
     if missing or unexpected:
         name = ckpt.meta.get("model", {}).get("name", "?")
-        raise VaelabError(f"checkpoint {ckpt.path} holds a different model ({name}; e.g. "
-                          f"{(missing or unexpected)[0]!r} does not match); pass the checkpoint of this model")
+        raise VaelabError(
+            f"checkpoint {ckpt.path} holds a different model ({name}; e.g. "
+            f"{(missing or unexpected)[0]!r} does not match); pass the checkpoint of this model"
+        )
     for k, v in expected.items():
         if v.shape != ckpt.model_state[k].shape:
-            raise VaelabError(f"checkpoint {ckpt.path} does not fit this model: {k} has shape "
-                              f"{tuple(ckpt.model_state[k].shape)}, expected {tuple(v.shape)}")
+            raise VaelabError(
+                f"checkpoint {ckpt.path} does not fit this model: {k} has shape "
+                f"{tuple(ckpt.model_state[k].shape)}, expected {tuple(v.shape)}"
+            )
     model.load_state_dict(ckpt.model_state)
 
 

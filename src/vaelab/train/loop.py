@@ -214,7 +214,7 @@ class Trainer:
         fwd = self._forward_model()
         if self.cfg.compile and self._step_fn is None:
             self._step_fn = torch.compile(fwd)
-        return self._step_fn or fwd
+        return self._step_fn if self._step_fn is not None else fwd
 
     def _emit(self, row: dict) -> None:
         for cb in self.callbacks:

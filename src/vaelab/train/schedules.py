@@ -14,7 +14,9 @@ def linear_ramp(step: int, length: int, start: float = 0.0, end: float = 1.0) ->
     return start + (end - start) * step / length
 
 
-def learning_rate(step: int, total_steps: int, lr: float, lr_final: float, kind: str, warmup_steps: int = 0) -> float:
+def learning_rate(
+    step: int, total_steps: int, lr: float, lr_final: float, kind: str, warmup_steps: int = 0
+) -> float:
     """Learning rate at ``step`` of ``total_steps``.
 
     A linear warm-up from 0 over ``warmup_steps``, then ``constant`` (lr), ``cosine`` (half a

@@ -12,7 +12,6 @@ of ``vocab.txt`` (one term per line).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from vaelab.data.registry import data_root
 from vaelab.errors import VaelabError
 
 __all__ = [
@@ -58,7 +58,9 @@ class Corpus:
 
     def __post_init__(self):
         if self.counts.shape[1] != len(self.vocab):
-            raise ValueError(f"counts have {self.counts.shape[1]} columns but vocab has {len(self.vocab)} terms")
+            raise ValueError(
+                f"counts have {self.counts.shape[1]} columns but vocab has {len(self.vocab)} terms"
+            )
 
     @property
     def n_docs(self) -> int:
@@ -94,15 +96,6 @@ def _csr(x) -> sp.csr_matrix:
     return x
 
 
-def data_root() -> Path:
-    """``$VAELAB_DATA`` if set, else the per-user cache directory ``~/.cache/vaelab``."""
-    env = os.environ.get("VAELAB_DATA")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vaelab"
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -135,15 +128,19 @@ def load_ldac(
     vocab_path = Path(vocab_path) if vocab_path is not None else dat_path.with_name("vocab.txt")
     hint = "pass the path of an lda-c .dat file with vocab.txt beside it"
     _need_file(dat_path, "lda-c corpus file", hint)
-    _need_file(vocab_path, "vocabulary file", f"lda-c needs one term per line in {vocab_path.name} beside {dat_path.name}")
+    _need_file(
+        vocab_path,
+        "vocabulary file",
+        f"lda-c needs one term per line in {vocab_path.name} beside {dat_path.name}",
+    )
     for path in (dat_path, vocab_path):
         want = (sha256 or {}).get(path.name)
         if want is not None:
             got = sha256_file(path)
             if got != want:
                 raise VaelabError(
-                    f"{path} is corrupt or a different version: sha256 {got[:16]}..., expected {want[:16]}...; "
-                    "replace it with the original file"
+                    f"{path} is corrupt or a different version: sha256 {got[:16]}..., "
+                    f"expected {want[:16]}...; replace it with the original file"
                 )
     try:
         vocab = tuple(vocab_path.read_text(encoding="utf-8").splitlines())
@@ -209,7 +206,11 @@ def tokenize(text: str) -> list[str]:
 
 
 def from_token_lists(
-    docs: Iterable[Sequence[str]], vocab: Sequence[str] | None = None, *, min_count: int = 1, name: str = "tokens"
+    docs: Iterable[Sequence[str]],
+    vocab: Sequence[str] | None = None,
+    *,
+    min_count: int = 1,
+    name: str = "tokens",
 ) -> Corpus:
     """Counts from documents given as lists of tokens.
 
@@ -247,7 +248,9 @@ def load_text(path: str | Path, *, min_count: int = 2, stopwords: Iterable[str] 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise VaelabError(f"{path} is not UTF-8 text ({exc.reason}); pass a UTF-8 file, one document per line") from None
+        raise VaelabError(
+            f"{path} is not UTF-8 text ({exc.reason}); pass a UTF-8 file, one document per line"
+        ) from None
     stop = set(stopwords)
     docs = [[t for t in tokenize(line) if t not in stop] for line in lines if line.strip()]
     corpus = from_token_lists(docs, min_count=min_count, name=path.stem)

@@ -144,12 +144,29 @@ def plot_fits(mu, cov, q_reverse: DiagonalGaussian, q_forward: DiagonalGaussian,
         sd = np.sqrt(q.var.numpy())
         for k in (1.0, 2.0):
             ax.add_patch(
-                Ellipse(m, 2 * k * sd[0], 2 * k * sd[1], fill=False, color=color, lw=1.6, ls="-" if k == 1 else "--")
+                Ellipse(
+                    m,
+                    2 * k * sd[0],
+                    2 * k * sd[1],
+                    fill=False,
+                    color=color,
+                    lw=1.6,
+                    ls="-" if k == 1 else "--",
+                )
             )
         ax.plot([], [], color=color, label=label)
     if path is not None:
         pts = np.stack([p.numpy() for p in path])
-        ax.plot(pts[:, 0], pts[:, 1], ".-", color="tab:red", alpha=0.5, ms=4, lw=0.8, label="CAVI path of the means")
+        ax.plot(
+            pts[:, 0],
+            pts[:, 1],
+            ".-",
+            color="tab:red",
+            alpha=0.5,
+            ms=4,
+            lw=0.8,
+            label="CAVI path of the means",
+        )
     ax.set_xlim(xs[0], xs[-1])
     ax.set_ylim(ys[0], ys[-1])
     ax.set_aspect("equal")

@@ -81,9 +81,14 @@ class IsingGrid:
 
     @classmethod
     def random(
-        cls, height: int, width: int, rng: np.random.Generator, coupling_scale: float = 1.0, field_scale: float = 0.5
+        cls,
+        height: int,
+        width: int,
+        rng: np.random.Generator,
+        coupling_scale: float = 1.0,
+        field_scale: float = 0.5,
     ) -> IsingGrid:
-        """Couplings ~ N(0, coupling_scale^2) (mixed signs: frustration allowed), fields ~ N(0, field_scale^2)."""
+        """Couplings ~ N(0, coupling_scale^2) (mixed signs, so frustrated); fields ~ N(0, field_scale^2)."""
         return cls(
             coupling_scale * rng.standard_normal((height, width - 1)),
             coupling_scale * rng.standard_normal((height - 1, width)),
@@ -111,7 +116,7 @@ class IsingGrid:
         return out
 
     def log_potential(self, s: np.ndarray) -> np.ndarray:
-        """sum_<ij> J_ij s_i s_j + sum_i h_i s_i for configurations (or magnetisations) s (..., H, W) -> (...)."""
+        """sum_<ij> J_ij s_i s_j + sum_i h_i s_i for spins (or magnetisations) s (..., H, W) -> (...)."""
         pair = (self.j_right * s[..., :, :-1] * s[..., :, 1:]).sum((-2, -1))
         pair = pair + (self.j_down * s[..., :-1, :] * s[..., 1:, :]).sum((-2, -1))
         return pair + (self.h * s).sum((-2, -1))

@@ -1,0 +1,413 @@
+"""Training throughput of vaelab against a plain PyTorch loop and Pyro SVI, and the speed of the
+K = 5000 importance-sampled log p(x) evaluation, as fractions of this machine's float32 matmul peak.
+
+The three contenders train the same network with the same work per step: a 784-400-20-400-784
+ReLU MLP VAE, Bernoulli decoder (logits), batch 128, a fresh binarisation draw x ~ Bernoulli(grey
+level) for every batch, one z sample per image, Adam with lr 1e-3, float32, on the 60,000 MNIST
+training images. All three start from the same initial weights and train the same number of epochs;
+each one's test ELBO is then measured by one shared evaluator (the trained weights loaded into a
+vaelab VAE, the 10,000 test images binarised once with a fixed seed, one z sample per image, the
+same seed), so the speed-up is shown at the same quality.
+
+  vaelab  ``vaelab.train.Trainer`` + ``VAE`` + ``TensorBatches(transform=dynamic_binarize)``.
+  plain   the loop a PyTorch user writes: index slices of an in-memory tensor, ``torch.bernoulli``,
+          BCE-with-logits summed, the analytic KL, ``torch.optim.Adam`` with its defaults.
+  pyro    ``SVI`` with ``Trace_ELBO``: ``pyro.plate`` over the batch, Normal prior and guide
+          ``.to_event(1)``, ``Bernoulli(logits).to_event(1)`` likelihood, ``pyro.optim.Adam`` lr 1e-3.
+          Pyro's argument validation is switched off (``pyro.enable_validation(False)``): the faster
+          Pyro, so the comparison is the harder one for vaelab.
+
+Timing: ``--runs`` rounds; in every round each contender trains ``--epochs`` epochs from the same
+initial weights, in a rotating order within one process so that the machine's noise hits all alike;
+images/s is the median over the rounds. Peak memory: each contender once more in a fresh
+subprocess, its peak resident set size (``ru_maxrss``) and the growth over the process's size after
+imports and data loading. FLOPs: a dense layer (i -> o) costs 2*i*o per example forward; training is
+counted as 3x forward (forward, input gradient, weight gradient; the usual convention; the first
+layer's input gradient is not computed, so the GEMMs actually executed are 16% fewer). The IS
+evaluation is counted as the encoder once per image plus the decoder once per sample.
+
+Run: ``make bench`` (2 threads, the issue's setting), or e.g.
+``taskset -c 0 python benchmarks/bench_train.py --threads 1 --is-examples 500``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.config import DataConfig, TrainConfig
+from vaelab.data import binarize, load_dataset
+from vaelab.evaluation import importance_sampled_log_likelihood
+from vaelab.models import build_model
+from vaelab.models.vae import VAEConfig
+from vaelab.train import TensorBatches, Trainer, dynamic_binarize
+
+D, H, Z = 784, 400, 20
+LAYERS = [(D, H), (H, 2 * Z), (Z, H), (H, D)]  # encoder 784-400-(20 mean, 20 log-variance), decoder 20-400-784
+CONTENDERS = ("vaelab", "plain", "pyro")
+HERE = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- the network
+class Net(nn.Module):
+    """The same layers as vaelab's VAE, under the same parameter names, for the other contenders."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, 2 * Z))
+        self.decoder = nn.Sequential(nn.Linear(Z, H), nn.ReLU(), nn.Linear(H, D))
+
+
+def vaelab_model(spec, state=None):
+    model = build_model(VAEConfig(latent_dim=Z, hidden=[H], activation="relu", likelihood="bernoulli"), spec)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+# ----------------------------------------------------------------------------- contenders
+# Each contender is a generator: built from the initial weights, it runs one training step per
+# ``next()`` and, when exhausted (``epochs`` epochs done), returns its trained weights. The timing loop
+# advances the three in short interleaved slices, so a burst of load on a shared machine hits all alike.
+
+
+def train_vaelab(data, spec, state, epochs, seed, threads, slice_steps):
+    torch.manual_seed(seed)
+    model = vaelab_model(spec, state)
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, seed=seed, threads=threads, log_every=100)
+    trainer = Trainer(model, cfg, TensorBatches(data, cfg.batch_size, seed=seed, transform=dynamic_binarize))
+    total = trainer.total_steps
+    while trainer.step < total:  # fit() in slices: it continues from trainer.step each time
+        before = trainer.step
+        trainer.total_steps = min(total, before + slice_steps)
+        trainer.fit()
+        yield trainer.step - before
+    return model.state_dict()
+
+
+def train_plain(data, spec, state, epochs, seed, threads, slice_steps):
+    torch.manual_seed(seed)
+    net = Net()
+    net.load_state_dict(state)
+    enc, dec = net.encoder, net.decoder
+    x_all = data.flatten(1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(x_all.shape[0])
+        for i in range(0, x_all.shape[0], 128):
+            x = torch.bernoulli(x_all[perm[i : i + 128]])
+            mu, logvar = enc(x).chunk(2, dim=1)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = rec + kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            yield 1
+    return net.state_dict()
+
+
+def train_pyro(data, spec, state, epochs, seed, threads, slice_steps):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.enable_validation(False)
+    torch.manual_seed(seed)
+    net = Net()
+    net.load_state_dict(state)
+    zeros, ones = torch.zeros(Z), torch.ones(Z)
+    prefix = f"pyro{id(net)}"  # a fresh parameter-store name per run (several runs share the store)
+
+    def model(x):
+        pyro.module(prefix + "decoder", net.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(zeros, ones).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=net.decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module(prefix + "encoder", net.encoder)
+        with pyro.plate("data", x.shape[0]):
+            mu, logvar = net.encoder(x).chunk(2, dim=1)
+            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * logvar)).to_event(1))
+
+    x_all = data.flatten(1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=Trace_ELBO())
+    for _ in range(epochs):
+        perm = torch.randperm(x_all.shape[0])
+        for i in range(0, x_all.shape[0], 128):
+            svi.step(torch.bernoulli(x_all[perm[i : i + 128]]))
+            yield 1
+    return net.state_dict()
+
+
+TRAIN = {"vaelab": train_vaelab, "plain": train_plain, "pyro": train_pyro}
+
+
+def advance(run, steps: int) -> tuple[float, dict | None]:
+    """Advance a contender by about ``steps`` steps: (seconds, trained weights once it has finished)."""
+    done = 0
+    t0 = time.perf_counter()
+    try:
+        while done < steps:
+            done += next(run)
+    except StopIteration as stop:
+        return time.perf_counter() - t0, stop.value
+    return time.perf_counter() - t0, None
+
+
+def run_to_end(run) -> dict:
+    while True:
+        _, state = advance(run, 1 << 30)
+        if state is not None:
+            return state
+
+
+# ----------------------------------------------------------------------------- measurements
+def matmul_peak(threads: int) -> tuple[float, dict[int, float]]:
+    """Best float32 GEMM rate (GFLOP/s) over square sizes, best of several repeats each."""
+    torch.set_num_threads(threads)
+    rates = {}
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)
+        reps = max(3, int(2e10 / (2 * n**3)))  # about 20 GFLOP per size
+        best = math.inf
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+        rates[n] = 2 * n**3 / best / 1e9
+    return max(rates.values()), rates
+
+
+@torch.no_grad()
+def test_elbo(spec, state, test_x, seed) -> float:
+    """Mean test ELBO (nats per image) of trained weights, one shared evaluator for every contender."""
+    model = vaelab_model(spec, state).eval()
+    torch.manual_seed(seed)
+    total = 0.0
+    for batch in TensorBatches(test_x, 500, shuffle=False).epoch(0):
+        total += model.loss(batch).elbo.double().sum().item()
+    return total / test_x.shape[0]
+
+
+def train_flops_per_image() -> int:
+    return 3 * sum(2 * i * o for i, o in LAYERS)
+
+
+def is_flops(n_images: int, k: int) -> int:
+    encoder = sum(2 * i * o for i, o in LAYERS[:2])
+    decoder = sum(2 * i * o for i, o in LAYERS[2:])
+    return n_images * encoder + n_images * k * decoder
+
+
+def memory_probe(name: str, threads: int, epochs: int, seed: int) -> dict:
+    """Run one contender in this (fresh) process; report its peak RSS and growth, in MiB."""
+    torch.set_num_threads(threads)
+    if name == "pyro":
+        import pyro  # noqa: F401  (its import belongs to the baseline, not to training)
+    bundle = load_dataset(DataConfig(name="mnist", valid_size=0))
+    torch.manual_seed(seed)
+    state = vaelab_model(bundle.spec).state_dict()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run_to_end(TRAIN[name](bundle.train, bundle.spec, state, epochs, seed, threads, 100))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_mib": peak, "growth_mib": peak - base}
+
+
+def run_memory_probe(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--memory-probe", name, "--threads", str(args.threads),
+           "--seed", str(args.seed), "--probe-epochs", "1"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs each contender trains per round")
+    p.add_argument("--runs", type=int, default=3, help="timed rounds (median reported; at least 3)")
+    p.add_argument("--is-examples", type=int, default=10000,
+                   help="test images for the K-sample IS timing (fewer: the 10,000-image time is extrapolated)")
+    p.add_argument("--is-k", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slice", type=int, default=20, help="steps each contender runs before the next takes over")
+    p.add_argument("--skip", nargs="*", default=[], choices=CONTENDERS, help="contenders to leave out")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--out", default=str(HERE / "results_train.md"), help="markdown results file ('' for none)")
+    p.add_argument("--memory-probe", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args.threads, args.probe_epochs, args.seed)))
+        return 0
+    if args.runs < 3:
+        p.error("--runs must be at least 3 (the median of at least three runs is reported)")
+    contenders = [c for c in CONTENDERS if c not in args.skip]
+    if "vaelab" not in contenders:
+        p.error("vaelab cannot be skipped")
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {machine()}", flush=True)
+    bundle = load_dataset(DataConfig(name="mnist", valid_size=0))
+    train_x, spec = bundle.train, bundle.spec
+    test_x = binarize(bundle.test, "fixed", seed=args.seed, split="test")
+    n_train = train_x.shape[0]
+
+    peak, peak_by_size = matmul_peak(args.threads)
+    print("float32 matmul peak: " + ", ".join(f"{n}^3 {r:.1f}" for n, r in peak_by_size.items())
+          + f" GFLOP/s -> peak {peak:.1f}", flush=True)
+
+    torch.manual_seed(args.seed)
+    init = vaelab_model(spec).state_dict()
+    rate = {c: [] for c in contenders}
+    elbo = {c: [] for c in contenders}
+    trained = None
+    for r in range(args.runs):
+        runs = {c: TRAIN[c](train_x, spec, init, args.epochs, args.seed + r, args.threads, args.slice)
+                for c in contenders}
+        seconds = dict.fromkeys(contenders, 0.0)
+        states = {}
+        k = 0
+        while len(states) < len(contenders):
+            k += 1
+            for c in contenders[k % len(contenders):] + contenders[: k % len(contenders)]:
+                if c not in states:
+                    dt, state = advance(runs[c], args.slice)
+                    seconds[c] += dt
+                    if state is not None:
+                        states[c] = state
+        for c in contenders:
+            rate[c].append(args.epochs * n_train / seconds[c])
+            elbo[c].append(test_elbo(spec, states[c], test_x, args.seed))
+            print(f"round {r + 1}/{args.runs} {c:7s} {rate[c][-1]:8.0f} images/s  "
+                  f"test ELBO {elbo[c][-1]:8.2f}  ({seconds[c]:.1f} s)", flush=True)
+        trained = states["vaelab"]
+        torch.set_num_threads(args.threads)
+
+    memory = {}
+    if not args.no_memory:
+        for c in contenders:
+            memory[c] = run_memory_probe(c, args)
+
+    med = {c: statistics.median(rate[c]) for c in contenders}
+    flops_img = train_flops_per_image()
+    rows = []
+    for c in contenders:
+        mem = memory.get(c)
+        rows.append([
+            c,
+            f"{med[c]:,.0f}",
+            " / ".join(f"{v:,.0f}" for v in rate[c]),
+            f"{med['vaelab'] / med[c]:.2f}x" if c != "vaelab" else "1",
+            f"{statistics.median(elbo[c]):.2f}",
+            f"{med[c] * flops_img / 1e9:.1f}",
+            f"{med[c] * flops_img / 1e9 / peak:.0%}",
+            f"{mem['peak_mib']:.0f} (+{mem['growth_mib']:.0f})" if mem else "-",
+        ])
+    header = ["contender", "images/s (median)", "runs", "vaelab speed-up", f"test ELBO after {args.epochs} ep",
+              "GFLOP/s", "of peak", "peak RSS MiB (+growth)"]
+
+    # the importance-sampled log-likelihood
+    n_is = min(args.is_examples, test_x.shape[0])
+    model = vaelab_model(spec, trained)
+    torch.manual_seed(args.seed)
+    res = importance_sampled_log_likelihood(model, TensorBatches(test_x[:n_is], 100, shuffle=False), k=args.is_k)
+    fl = is_flops(n_is, args.is_k)
+    is_rate = fl / res.seconds / 1e9
+    full = res.seconds * test_x.shape[0] / n_is
+    is_line = (f"IS log p(x), K={args.is_k}, {n_is} test images: {res.seconds:.1f} s, {fl / 1e12:.2f} TFLOP, "
+               f"{is_rate:.1f} GFLOP/s = {is_rate / peak:.0%} of peak; "
+               + (f"all {test_x.shape[0]} test images: {full / 60:.1f} min"
+                  if n_is == test_x.shape[0] else
+                  f"all {test_x.shape[0]} test images: {full / 60:.1f} min (EXTRAPOLATED from {n_is})")
+               + f"; log p(x) of this {args.epochs}-epoch model {res.mean:.2f} nats")
+
+    table = _markdown(header, rows)
+    print()
+    print(table)
+    print(f"\nfloat32 matmul peak {peak:.1f} GFLOP/s ({args.threads} thread(s); best of "
+          + ", ".join(f"{n}^3: {r:.1f}" for n, r in peak_by_size.items()) + ")")
+    print(f"training FLOPs per image {flops_img / 1e6:.2f} MFLOP (3x forward)")
+    print(is_line)
+    if args.out:
+        cmd = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = "\n".join([
+            "# Training throughput and IS evaluation speed",
+            "",
+            f"Command: `{cmd.strip()}`" + (f" (pinned: `taskset -c {_affinity()}`)" if _affinity() else ""),
+            "",
+            f"Machine: {machine()}, {os.cpu_count()} logical CPUs; threads used: {args.threads}; "
+            f"torch {torch.__version__}" + _pyro_version(),
+            "",
+            f"Work: MNIST, 784-400-20-400-784 ReLU VAE, Bernoulli decoder, batch 128, dynamic binarisation, "
+            f"1 z sample, Adam lr 1e-3, float32; {args.epochs} epoch(s) per run, {args.runs} interleaved runs, "
+            "median images/s. Test ELBO: the same evaluator for all (fixed binarisation of the 10,000 "
+            "test images, one z sample).",
+            "",
+            table,
+            "",
+            f"- float32 matmul peak: {peak:.1f} GFLOP/s (best of "
+            + ", ".join(f"{n}^3: {r:.1f}" for n, r in peak_by_size.items()) + ")",
+            f"- training FLOPs per image: {flops_img / 1e6:.2f} MFLOP (3x forward)",
+            f"- {is_line}",
+            "",
+        ])
+        Path(args.out).write_text(text)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _markdown(header, rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _affinity() -> str:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return ""
+    return "" if len(cpus) == os.cpu_count() else ",".join(map(str, cpus))
+
+
+def _pyro_version() -> str:
+    try:
+        import pyro
+
+        return f", pyro {pyro.__version__}"
+    except ImportError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

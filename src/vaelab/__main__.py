@@ -1,0 +1,7 @@
+"""``python -m vaelab``."""
+
+import sys
+
+from vaelab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""Every CLI subcommand end to end on smoke presets, and bad input as one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaelab.cli import COMMANDS, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke_vae_digits.toml")
+
+# subcommand -> the test(s) below that run it end to end; a new subcommand without one fails
+TESTED = {
+    "train": "test_train_eval_sample_report",
+    "eval": "test_train_eval_sample_report",
+    "sample": "test_train_eval_sample_report",
+    "report": "test_train_eval_sample_report",
+    "demo": "test_demo",
+    "data": "tests/test_data*.py",
+    "kl": "tests/test_vi_*.py",
+    "lda": "tests/test_vi_*.py",
+    "ising": "tests/test_vi_*.py",
+}
+
+
+def test_every_subcommand_has_an_end_to_end_test():
+    build_parser()
+    assert set(COMMANDS) <= set(TESTED), f"untested subcommands: {set(COMMANDS) - set(TESTED)}"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--seed", "3"]) == 0
+    return out
+
+
+def test_train_eval_sample_report(smoke_run, capsys):
+    out = smoke_run
+    for name in ("config.json", "command.txt", "metrics.jsonl", "eval.json", "report.html"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "valid"}
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["log_px"] < 0 and ev["is_samples"] == 20 and ev["log_px"] >= ev["elbo"] - 1.0
+    assert main(["eval", str(out), "--is-samples", "50", "--quiet"]) == 0
+    assert "IS log p(x)" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["is_samples"] == 50
+    assert main(["sample", str(out), "-n", "9", "--png", str(out / "s.png")]) == 0
+    assert (out / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.load(out / "figures" / "samples.npz")["images"].shape == (9, 1, 8, 8)
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 5
+
+
+def test_same_seed_same_numbers(smoke_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", SMOKE, "--out", str(again), "--quiet", "--seed", "3", "--no-eval"]) == 0
+    a = [json.loads(x) for x in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "time"} for r in b]
+
+
+def test_resume_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]) == 0
+    # a second plain train into the same folder must not clobber it
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval"]) == 2
+    assert "already holds checkpoints; pass --resume" in capsys.readouterr().err
+    assert (
+        main(["train", "--resume", "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=2"]) == 0
+    )
+    state = _latest_state(out)
+    assert state["epoch"] == 2.0
+
+
+def test_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "Open the report" in text and (out / "report.html").is_file()
+    assert (out / "figures" / "manifold.npz").is_file()
+
+
+def _latest_state(run):
+    name = (run / "checkpoints" / "latest").read_text().strip()
+    return json.loads((run / "checkpoints" / name / "state.json").read_text())
+
+
+def _run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "vaelab.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", SMOKE, "--set", "model.latnet_dim=2"], "unknown config key model.latnet_dim"),
+        (["train", SMOKE, "--set", "train.epochs=ten"], "train.epochs must be an integer, got 'ten'"),
+        (["train", SMOKE, "--set", "model.latent_dim=-2"], "model.latent_dim must be a positive integer"),
+        (["train", "missing.toml"], "config file missing.toml not found"),
+        (["train", SMOKE, "--set", "data.name=nosuchset"], "unknown dataset 'nosuchset'"),
+        (["train", SMOKE, "--device", "cuda"], "no CUDA GPU is visible"),
+        (["eval", "runs/does-not-exist"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path):
+    r = _run_cli(*args, "--out", str(tmp_path / "x")) if args[0] == "train" else _run_cli(*args)
+    if "cuda" in args and r.returncode == 0:
+        pytest.skip("a CUDA GPU is present")
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if line]
+    assert lines[-1].startswith("error: ") and message in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_checkpoints_are_one_line(tmp_path):
+    import pickle
+
+    pkl = tmp_path / "model.pt"
+    pkl.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    r = _run_cli("eval", str(pkl))
+    assert r.returncode == 2 and "never unpickles" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_two_processes(tmp_path):
+    """A 2-process data-parallel run (gloo) trains and writes one run folder from rank 0."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "vaelab.cli",
+        "train",
+        SMOKE,
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-eval",
+        "--device",
+        "cpu",
+        "--set",
+        "train.threads=1",
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = _latest_state(out)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert state["step"] == rows[-1]["step"] and rows[-1]["epoch"] == 2.0
+    assert "finished" in r.stdout

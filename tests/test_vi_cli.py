@@ -1,0 +1,110 @@
+"""Smoke tests of `vaelab kl`, `vaelab lda` and `vaelab ising`, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.vi.corpus import data_root
+from vaelab.vi.lda import LDAModel, sample_corpus
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run_folder_ok(run):
+    for name in ("config.json", "command.txt", "metrics.jsonl", "report.html"):
+        assert (run / name).is_file(), name
+    json.loads((run / "config.json").read_text())
+    page = (run / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+
+
+def test_kl_command(tmp_path, capsys):
+    assert main(["kl", "--out", str(tmp_path / "kl"), "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "+1.98" in out and "-0.22" in out  # Example 1
+    assert "argmin: q2 (= p)" in out  # Example 2
+    assert "0.1900" in out  # Example 3: conditional variance 1 - 0.9^2
+    _run_folder_ok(tmp_path / "kl")
+    assert (tmp_path / "kl" / "figures" / "example3_fits.png").stat().st_size > 1000
+    assert main(["kl", "--rho", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--rho must be strictly between -1 and 1" in capsys.readouterr().err
+
+
+def test_ising_command(tmp_path, capsys):
+    args = ["ising", "--sizes", "3x3,2x4", "--couplings", "0,0.5", "--strip", "2x12", "--seed", "0"]
+    assert main([*args, "--out", str(tmp_path / "is")]) == 0
+    out = capsys.readouterr().out
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith(("3x3", "2x4"))]
+    assert len(lines) == 4
+    for row in lines:
+        log_z, bound, gap = float(row[2]), float(row[3]), float(row[4])
+        assert bound <= log_z + 1e-9 and gap == pytest.approx(log_z - bound, abs=2e-4)
+    assert float(lines[0][4]) == 0.0  # J = 0: the bound is exact
+    _run_folder_ok(tmp_path / "is")
+    assert main(["ising", "--sizes", "3by3", "--out", str(tmp_path / "bad")]) == 2
+    assert "grid sizes look like 3x3,4x4" in capsys.readouterr().err
+
+
+def _write_text_corpus(path, seed=0):
+    rng = np.random.default_rng(seed)
+    words = [f"w{a}{b}" for a in "abc" for b in "pqrstuvwxy"]  # 3 planted topics of 10 words
+    beta = np.full((3, 30), 0.002)
+    for k in range(3):
+        beta[k, 10 * k : 10 * (k + 1)] = 1.0
+    beta /= beta.sum(1, keepdims=True)
+    counts, _ = sample_corpus(beta, 0.2, 60, (20, 40), rng)
+    lines = []
+    for row in counts:
+        toks = np.repeat(np.array(words)[row.indices], row.data)
+        rng.shuffle(toks)
+        lines.append(" ".join(toks))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("mode", ["batch", "online"])
+def test_lda_command_on_a_text_file(tmp_path, capsys, mode):
+    corpus = tmp_path / "docs.txt"
+    _write_text_corpus(corpus)
+    run = tmp_path / f"lda-{mode}"
+    args = ["lda", str(corpus), "--topics", "3", "--mode", mode, "--passes", "4", "--batch-size", "20"]
+    assert main([*args, "--seed", "0", "--quiet", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "topics (alpha_k, top words):" in out
+    assert "held-out document completion" in out and "unigram on the same tokens" in out
+    _run_folder_ok(run)
+    model = LDAModel.load(run / "model")
+    assert model.n_topics == 3 and len(model.vocab) == 30
+    results = json.loads((run / "results.json").read_text())
+    assert results["completion_perplexity"] < results["unigram_perplexity"]
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["pass"] for h in history[:-1]] == [1, 2, 3, 4]
+
+
+def test_lda_command_errors(tmp_path, capsys, monkeypatch):
+    assert main(["lda", str(tmp_path / "missing.dat"), "--out", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path))
+    assert main(["lda", "ap", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: AP corpus file not found") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not (data_root() / "ap" / "ap.dat").is_file(), reason="AP corpus not available")
+def test_lda_command_on_an_ap_subset(tmp_path, capsys):
+    run = tmp_path / "ap"
+    args = ["lda", "ap", "--topics", "5", "--passes", "2", "--max-docs", "300", "--quiet", "--out", str(run)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "corpus ap: 300 documents, 10473 terms" in out
+    assert LDAModel.load(run / "model").lam.shape == (5, 10473)

@@ -17,14 +17,18 @@ same seed), so the speed-up is shown at the same quality.
           Pyro's argument validation is switched off (``pyro.enable_validation(False)``): the faster
           Pyro, so the comparison is the harder one for vaelab.
 
-Timing: ``--runs`` rounds; in every round each contender trains ``--epochs`` epochs from the same
-initial weights, in a rotating order within one process so that the machine's noise hits all alike;
-images/s is the median over the rounds. Peak memory: each contender once more in a fresh
-subprocess, its peak resident set size (``ru_maxrss``) and the growth over the process's size after
-imports and data loading. FLOPs: a dense layer (i -> o) costs 2*i*o per example forward; training is
-counted as 3x forward (forward, input gradient, weight gradient; the usual convention; the first
-layer's input gradient is not computed, so the GEMMs actually executed are 16% fewer). The IS
-evaluation is counted as the encoder once per image plus the decoder once per sample.
+Timing: ``--runs`` runs; in every run each contender trains ``--epochs`` epochs from the same
+initial weights, and the three advance in turns of ``--slice`` steps (rotating who goes first), all in
+one process, so a burst of load on a shared machine hits all three alike; images/s is the median
+over the runs. With one thread the process's CPU time is reported beside the wall-clock time: on a
+shared machine it leaves out the time other processes held the core. Peak memory: each contender
+once more in a fresh subprocess; the peak resident set size while it trains (the kernel's peak mark
+is reset after the data are loaded) and its growth over the size when training starts. FLOPs: a dense
+layer (i -> o) costs 2*i*o per example forward; training is counted as 3x forward (forward, input
+gradient, weight gradient: the usual convention; the first layer's input gradient is not computed,
+so the GEMMs actually executed are 16% fewer). The IS evaluation is counted as the encoder once per
+image plus the decoder once per sample. The matmul peak is the best rate of square float32 GEMMs
+(512, 1024, 2048) at the same thread count.
 
 Run: ``make bench`` (2 threads, the issue's setting), or e.g.
 ``taskset -c 0 python benchmarks/bench_train.py --threads 1 --is-examples 500``.
@@ -56,7 +60,8 @@ from vaelab.models.vae import VAEConfig
 from vaelab.train import TensorBatches, Trainer, dynamic_binarize
 
 D, H, Z = 784, 400, 20
-LAYERS = [(D, H), (H, 2 * Z), (Z, H), (H, D)]  # encoder 784-400-(20 mean, 20 log-variance), decoder 20-400-784
+# encoder 784-400-(20 means, 20 log-variances), decoder 20-400-784
+LAYERS = [(D, H), (H, 2 * Z), (Z, H), (H, D)]
 CONTENDERS = ("vaelab", "plain", "pyro")
 HERE = Path(__file__).resolve().parent
 
@@ -217,18 +222,39 @@ def is_flops(n_images: int, k: int) -> int:
     return n_images * encoder + n_images * k * decoder
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) in MiB, from /proc; peak falls back to ru_maxrss."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so that loading the data does not count."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_probe(name: str, threads: int, epochs: int, seed: int) -> dict:
-    """Run one contender in this (fresh) process; report its peak RSS and growth, in MiB."""
+    """Run one contender in this (fresh) process; its peak RSS during training, and the growth over
+    the RSS when training started (data, imports and initial weights already loaded), in MiB."""
     torch.set_num_threads(threads)
     if name == "pyro":
         import pyro  # noqa: F401  (its import belongs to the baseline, not to training)
     bundle = load_dataset(DataConfig(name="mnist", valid_size=0))
     torch.manual_seed(seed)
     state = vaelab_model(bundle.spec).state_dict()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset = _reset_peak_rss()
+    base, _ = _rss_mib()
     run_to_end(TRAIN[name](bundle.train, bundle.spec, state, epochs, seed, threads, 100))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_mib": peak, "growth_mib": peak - base}
+    _, peak = _rss_mib()
+    return {"peak_mib": peak, "growth_mib": peak - base, "peak_reset": reset}
 
 
 def run_memory_probe(name: str, args) -> dict:
@@ -255,13 +281,13 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="epochs each contender trains per round")
     p.add_argument("--runs", type=int, default=3, help="timed rounds (median reported; at least 3)")
     p.add_argument("--is-examples", type=int, default=10000,
-                   help="test images for the K-sample IS timing (fewer: the 10,000-image time is extrapolated)")
-    p.add_argument("--is-k", type=int, default=5000)
+                   help="test images for the IS timing (fewer: the 10,000-image time is extrapolated)")
+    p.add_argument("--is-k", type=int, default=5000, help="importance samples per image")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slice", type=int, default=20, help="steps each contender runs before the next takes over")
+    p.add_argument("--slice", type=int, default=50, help="steps a contender runs before the next one's turn")
     p.add_argument("--skip", nargs="*", default=[], choices=CONTENDERS, help="contenders to leave out")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", default=str(HERE / "results_train.md"), help="markdown results file ('' for none)")
+    p.add_argument("--out", default=str(HERE / "results_train.md"), help="markdown file ('' for none)")
     p.add_argument("--memory-probe", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -274,8 +300,12 @@ def main(argv=None) -> int:
     contenders = [c for c in CONTENDERS if c not in args.skip]
     if "vaelab" not in contenders:
         p.error("vaelab cannot be skipped")
+    # With one thread the process's CPU time is the time it actually ran: on a shared machine it
+    # leaves out the time other processes held the core, which wall-clock time counts.
+    cpu_too = args.threads == 1
 
     torch.set_num_threads(args.threads)
+    load_start = _load()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {machine()}", flush=True)
     bundle = load_dataset(DataConfig(name="mnist", valid_size=0))
     train_x, spec = bundle.train, bundle.spec
@@ -283,33 +313,39 @@ def main(argv=None) -> int:
     n_train = train_x.shape[0]
 
     peak, peak_by_size = matmul_peak(args.threads)
-    print("float32 matmul peak: " + ", ".join(f"{n}^3 {r:.1f}" for n, r in peak_by_size.items())
-          + f" GFLOP/s -> peak {peak:.1f}", flush=True)
+    sizes = ", ".join(f"{n}^3: {r:.1f}" for n, r in peak_by_size.items())
+    print(f"float32 matmul peak {peak:.1f} GFLOP/s (best of {sizes})", flush=True)
 
     torch.manual_seed(args.seed)
     init = vaelab_model(spec).state_dict()
     rate = {c: [] for c in contenders}
+    cpu_rate = {c: [] for c in contenders}
     elbo = {c: [] for c in contenders}
     trained = None
     for r in range(args.runs):
         runs = {c: TRAIN[c](train_x, spec, init, args.epochs, args.seed + r, args.threads, args.slice)
                 for c in contenders}
-        seconds = dict.fromkeys(contenders, 0.0)
+        wall = dict.fromkeys(contenders, 0.0)
+        cpu = dict.fromkeys(contenders, 0.0)
         states = {}
-        k = 0
+        turn = 0
         while len(states) < len(contenders):
-            k += 1
-            for c in contenders[k % len(contenders):] + contenders[: k % len(contenders)]:
+            turn += 1
+            for c in contenders[turn % len(contenders):] + contenders[: turn % len(contenders)]:
                 if c not in states:
+                    c0 = time.process_time()
                     dt, state = advance(runs[c], args.slice)
-                    seconds[c] += dt
+                    cpu[c] += time.process_time() - c0
+                    wall[c] += dt
                     if state is not None:
                         states[c] = state
         for c in contenders:
-            rate[c].append(args.epochs * n_train / seconds[c])
+            rate[c].append(args.epochs * n_train / wall[c])
+            cpu_rate[c].append(args.epochs * n_train / cpu[c])
             elbo[c].append(test_elbo(spec, states[c], test_x, args.seed))
-            print(f"round {r + 1}/{args.runs} {c:7s} {rate[c][-1]:8.0f} images/s  "
-                  f"test ELBO {elbo[c][-1]:8.2f}  ({seconds[c]:.1f} s)", flush=True)
+            print(f"run {r + 1}/{args.runs} {c:7s} {rate[c][-1]:7.0f} images/s"
+                  + (f" ({cpu_rate[c][-1]:.0f} by CPU time)" if cpu_too else "")
+                  + f"  test ELBO {elbo[c][-1]:8.2f}  ({wall[c]:.1f} s)", flush=True)
         trained = states["vaelab"]
         torch.set_num_threads(args.threads)
 
@@ -319,66 +355,90 @@ def main(argv=None) -> int:
             memory[c] = run_memory_probe(c, args)
 
     med = {c: statistics.median(rate[c]) for c in contenders}
+    cmed = {c: statistics.median(cpu_rate[c]) for c in contenders}
     flops_img = train_flops_per_image()
+    header = ["contender", "images/s", "runs"]
+    header += ["images/s by CPU time"] if cpu_too else []
+    header += ["vaelab is", f"test ELBO after {args.epochs} ep", "GFLOP/s", "of peak",
+               "peak RSS MiB (+training)"]
     rows = []
     for c in contenders:
         mem = memory.get(c)
-        rows.append([
-            c,
-            f"{med[c]:,.0f}",
-            " / ".join(f"{v:,.0f}" for v in rate[c]),
-            f"{med['vaelab'] / med[c]:.2f}x" if c != "vaelab" else "1",
-            f"{statistics.median(elbo[c]):.2f}",
-            f"{med[c] * flops_img / 1e9:.1f}",
-            f"{med[c] * flops_img / 1e9 / peak:.0%}",
+        ratio = f"{med['vaelab'] / med[c]:.2f}x" + (f" ({cmed['vaelab'] / cmed[c]:.2f}x)" if cpu_too else "")
+        row = [c, f"{med[c]:,.0f}", " / ".join(f"{v:,.0f}" for v in rate[c])]
+        row += [f"{cmed[c]:,.0f}"] if cpu_too else []
+        best = cmed[c] if cpu_too else med[c]
+        row += [
+            "-" if c == "vaelab" else ratio,
+            f"{statistics.median(elbo[c]):.2f} (" + " / ".join(f"{v:.2f}" for v in elbo[c]) + ")",
+            f"{best * flops_img / 1e9:.1f}",
+            f"{best * flops_img / 1e9 / peak:.0%}",
             f"{mem['peak_mib']:.0f} (+{mem['growth_mib']:.0f})" if mem else "-",
-        ])
-    header = ["contender", "images/s (median)", "runs", "vaelab speed-up", f"test ELBO after {args.epochs} ep",
-              "GFLOP/s", "of peak", "peak RSS MiB (+growth)"]
+        ]
+        rows.append(row)
 
-    # the importance-sampled log-likelihood
+    # the importance-sampled log-likelihood of the last vaelab model
     n_is = min(args.is_examples, test_x.shape[0])
     model = vaelab_model(spec, trained)
     torch.manual_seed(args.seed)
-    res = importance_sampled_log_likelihood(model, TensorBatches(test_x[:n_is], 100, shuffle=False), k=args.is_k)
+    print(f"IS log p(x), K = {args.is_k}, on {n_is} test images ...", flush=True)
+    c0 = time.process_time()
+    is_batches = TensorBatches(test_x[:n_is], 100, shuffle=False)
+    res = importance_sampled_log_likelihood(model, is_batches, k=args.is_k)
+    is_cpu = time.process_time() - c0
     fl = is_flops(n_is, args.is_k)
-    is_rate = fl / res.seconds / 1e9
-    full = res.seconds * test_x.shape[0] / n_is
-    is_line = (f"IS log p(x), K={args.is_k}, {n_is} test images: {res.seconds:.1f} s, {fl / 1e12:.2f} TFLOP, "
-               f"{is_rate:.1f} GFLOP/s = {is_rate / peak:.0%} of peak; "
-               + (f"all {test_x.shape[0]} test images: {full / 60:.1f} min"
-                  if n_is == test_x.shape[0] else
-                  f"all {test_x.shape[0]} test images: {full / 60:.1f} min (EXTRAPOLATED from {n_is})")
-               + f"; log p(x) of this {args.epochs}-epoch model {res.mean:.2f} nats")
+    scale = test_x.shape[0] / n_is
+    label = "" if n_is == test_x.shape[0] else f" EXTRAPOLATED from {n_is} images"
+    is_lines = [
+        f"IS log p(x), K = {args.is_k}: {n_is} test images in {res.seconds:.1f} s, "
+        f"{fl / 1e12:.2f} TFLOP (decoder per sample + encoder per image), "
+        f"{fl / res.seconds / 1e9:.1f} GFLOP/s = {fl / res.seconds / 1e9 / peak:.0%} of peak",
+        f"all {test_x.shape[0]} test images: {res.seconds * scale / 60:.1f} min{label}",
+    ]
+    if cpu_too:
+        is_lines.append(f"by CPU time: {is_cpu:.1f} s, {fl / is_cpu / 1e9:.1f} GFLOP/s = "
+                        f"{fl / is_cpu / 1e9 / peak:.0%} of peak; all {test_x.shape[0]} images: "
+                        f"{is_cpu * scale / 60:.1f} min{label}")
+    is_lines.append(f"log p(x) of the {args.epochs}-epoch vaelab model: {res.mean:.2f} +- {res.stderr:.2f} "
+                    f"nats (on these {n_is} images)")
 
     table = _markdown(header, rows)
+    notes = [
+        f"float32 matmul peak: {peak:.1f} GFLOP/s ({args.threads} thread(s); best of {sizes})",
+        f"training FLOPs per image: {flops_img / 1e6:.2f} MFLOP (3x forward); 'of peak' uses "
+        + ("CPU-time images/s" if cpu_too else "images/s"),
+        *is_lines,
+    ]
+    notes.append("load average (1 min) at the start / end of the run: " + " / ".join(
+        f"{v:.2f}" for v in (load_start, _load())) + f" on {os.cpu_count()} logical CPUs")
+    if any(not m.get("peak_reset", True) for m in memory.values()):
+        notes.append("the peak-RSS mark could not be reset here: peak RSS includes loading the data")
     print()
     print(table)
-    print(f"\nfloat32 matmul peak {peak:.1f} GFLOP/s ({args.threads} thread(s); best of "
-          + ", ".join(f"{n}^3: {r:.1f}" for n, r in peak_by_size.items()) + ")")
-    print(f"training FLOPs per image {flops_img / 1e6:.2f} MFLOP (3x forward)")
-    print(is_line)
+    print()
+    print("\n".join("- " + n for n in notes))
     if args.out:
         cmd = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        pin = _affinity()
         text = "\n".join([
             "# Training throughput and IS evaluation speed",
             "",
-            f"Command: `{cmd.strip()}`" + (f" (pinned: `taskset -c {_affinity()}`)" if _affinity() else ""),
+            f"Command: `{(f'taskset -c {pin} ' if pin else '') + cmd.strip()}`",
             "",
             f"Machine: {machine()}, {os.cpu_count()} logical CPUs; threads used: {args.threads}; "
-            f"torch {torch.__version__}" + _pyro_version(),
+            f"torch {torch.__version__}{_pyro_version()}",
             "",
-            f"Work: MNIST, 784-400-20-400-784 ReLU VAE, Bernoulli decoder, batch 128, dynamic binarisation, "
-            f"1 z sample, Adam lr 1e-3, float32; {args.epochs} epoch(s) per run, {args.runs} interleaved runs, "
-            "median images/s. Test ELBO: the same evaluator for all (fixed binarisation of the 10,000 "
-            "test images, one z sample).",
+            "Work: MNIST, 784-400-20-400-784 ReLU VAE, Bernoulli decoder, batch 128, dynamic binarisation, "
+            f"one z sample, Adam lr 1e-3, float32; {args.epochs} epoch(s) per run from the same initial "
+            f"weights, {args.runs} runs interleaved in slices of {args.slice} steps; medians. "
+            "Test ELBO: one evaluator for all (the 10,000 test images binarised once with a fixed seed, "
+            "one z sample)."
+            + (" With one thread the process's CPU time is reported too: on a shared machine it leaves "
+               "out the time other processes held the core." if cpu_too else ""),
             "",
             table,
             "",
-            f"- float32 matmul peak: {peak:.1f} GFLOP/s (best of "
-            + ", ".join(f"{n}^3: {r:.1f}" for n, r in peak_by_size.items()) + ")",
-            f"- training FLOPs per image: {flops_img / 1e6:.2f} MFLOP (3x forward)",
-            f"- {is_line}",
+            *("- " + n for n in notes),
             "",
         ])
         Path(args.out).write_text(text)
@@ -398,6 +458,13 @@ def _affinity() -> str:
     except AttributeError:
         return ""
     return "" if len(cpus) == os.cpu_count() else ",".join(map(str, cpus))
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def _pyro_version() -> str:

@@ -209,3 +209,12 @@ class TestCheckpointRefusals:
         (tmp_path / "state.json").write_text("{not json")
         with pytest.raises(VaelabError, match="corrupt"):
             ckpt.load_checkpoint(tmp_path)
+
+
+def test_dynamic_binarization_is_the_comparison_of_one_bulk_uniform_draw():
+    """u < p with u ~ U(0, 1) drawn in one call: exactly x ~ Bernoulli(p), the same draw as before the
+    in-place rewrite, and float {0, 1} values."""
+    p = torch.rand(64, 1, 5, 5, generator=torch.Generator().manual_seed(2))
+    x = dynamic_binarize(p, torch.Generator().manual_seed(7))
+    u = torch.rand(p.shape, generator=torch.Generator().manual_seed(7))
+    assert x.dtype == p.dtype and torch.equal(x, (u < p).to(p.dtype))

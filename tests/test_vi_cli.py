@@ -108,3 +108,18 @@ def test_lda_command_on_an_ap_subset(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "corpus ap: 300 documents, 10473 terms" in out
     assert LDAModel.load(run / "model").lam.shape == (5, 10473)
+
+
+def test_lda_command_same_seed_same_numbers(tmp_path, capsys):
+    corpus = tmp_path / "docs.txt"
+    _write_text_corpus(corpus, seed=1)
+    results = []
+    for name in ("a", "b"):
+        args = ["lda", str(corpus), "--topics", "3", "--passes", "3", "--seed", "5", "--quiet"]
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        results.append({k: v for k, v in res.items() if k not in ("seconds", "docs_per_second")})
+    capsys.readouterr()
+    assert results[0] == results[1]
+    a, b = (LDAModel.load(tmp_path / n / "model") for n in ("a", "b"))
+    np.testing.assert_array_equal(a.lam, b.lam)

@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import gammaln, logsumexp, psi
 
 from vaelab.errors import VaelabError
+from vaelab.vi import lda as lda_module
 from vaelab.vi.corpus import (
     AP_SHAPE,
     data_root,
@@ -168,6 +169,22 @@ def test_batch_elbo_never_decreases_with_hyperparameter_updates(tiny):
         assert e[-1] > e[1] > e[0]
 
 
+def test_batch_restart_falls_back_when_it_would_lower_the_elbo(tiny, monkeypatch):
+    # Make every second E-step return its random restart unchanged: far worse than the converged
+    # gammas of the pass before, so those passes must fall back to them, or the CAVI check raises.
+    counts, *_ = tiny
+    real, calls = lda_module.e_step, []
+
+    def lazy_e_step(docs, exp_elog_beta, alpha, gamma, **kw):
+        calls.append(1)
+        return (gamma.clone(), 0) if len(calls) % 2 == 0 else real(docs, exp_elog_beta, alpha, gamma, **kw)
+
+    monkeypatch.setattr(lda_module, "e_step", lazy_e_step)
+    fit = BatchLDA(LDAConfig(n_topics=3, passes=6, tol=0.0, seed=3)).fit(counts, check_every_update=True)
+    assert len(calls) == 6
+    assert np.all(np.diff(fit.elbo_per_word) >= -1e-12)
+
+
 def test_batch_lda_recovers_planted_topics():
     # seed 0; 200 documents of 40-80 tokens from 5 topics over 50 terms, alpha = 0.5.
     # Tolerance: every true topic's Hungarian-matched estimate is within total variation 0.1.
@@ -250,6 +267,9 @@ def test_save_load_round_trip(tmp_path, tiny):
         "lda.json",
         "lda.safetensors",
     }
+    # a Fortran-ordered lambda (e.g. a transposed view) must be written in the shape it claims
+    LDAModel(np.asfortranarray(back.lam), back.alpha, back.eta, back.vocab).save(tmp_path / "f")
+    np.testing.assert_array_equal(LDAModel.load(tmp_path / "f").lam, fit.model.lam)
     (tmp_path / "m" / "lda.json").write_text("{not json")
     with pytest.raises(VaelabError, match="not valid JSON"):
         LDAModel.load(tmp_path / "m")

@@ -14,13 +14,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, register_kl
 
+from vaelab.divergences import DiagonalGaussianKL
 from vaelab.errors import VaelabError
 
 __all__ = [
     "diag_gaussian",
     "standard_normal",
+    "DiagonalGaussian",
+    "StandardNormal",
     "bernoulli",
     "bernoulli_log_prob",
     "FactorisedBernoulli",
@@ -33,15 +36,76 @@ __all__ = [
 ]
 
 
-def diag_gaussian(mu: Tensor, logvar: Tensor) -> Independent:
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class DiagonalGaussian(Independent):
+    """N(mu, diag(exp(logvar))) over the last dim: ``Independent(Normal(mu, exp(logvar / 2)), 1)``.
+
+    It keeps ``logvar``, so that its KL to :class:`StandardNormal` is the closed form of Kingma &
+    Welling (2014, App. B), registered below, in one fused expression with no sqrt/log round trip,
+    and its log-density needs no log of the scale. A plain torch.distributions object otherwise.
+    """
+
+    def __init__(self, mu: Tensor, logvar: Tensor):
+        self.logvar = logvar
+        super().__init__(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiagonalGaussian, _instance)
+        new.logvar = self.logvar.expand(torch.Size(batch_shape) + self.event_shape)
+        return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I) (the reparameterisation trick), in one fused op."""
+        base = self.base_dist
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
+        return torch.addcmul(base.loc, base.scale, eps)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """-1/2 sum_j [(z_j - mu_j)^2 exp(-logvar_j) + logvar_j + log 2 pi]."""
+        lv = self.logvar
+        return -0.5 * ((value - self.base_dist.loc).square() * torch.exp(-lv) + lv + _LOG_2PI).sum(-1)
+
+
+class StandardNormal(Independent):
+    """The prior N(0, I_dim): batch shape (), event shape (dim,).
+
+    Its log-density is -1/2 (|z|^2 + dim log 2 pi), one reduction instead of Normal's five passes.
+    """
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        zeros = torch.zeros(dim, device=device, dtype=dtype)
+        super().__init__(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        out = -0.5 * (value.square().sum(-1) + self.event_shape[0] * _LOG_2PI)
+        # an expanded prior has a batch shape that value may not carry (Normal broadcasts it too)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape)) if self.batch_shape else out
+
+
+@register_kl(DiagonalGaussian, StandardNormal)
+def _kl_diagonal_gaussian_standard_normal(p: DiagonalGaussian, q: StandardNormal) -> Tensor:
+    # KL(N(mu, diag(e^lv)) || N(0, I)) = 1/2 sum_j (mu_j^2 + e^lv_j - lv_j - 1) (Kingma & Welling App. B),
+    # the formula of divergences.DiagonalGaussianKL, put on the registry's dispatch path.
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL between event shapes {tuple(p.event_shape)} and {tuple(q.event_shape)}")
+    kl = DiagonalGaussianKL.to_standard_normal(p.base_dist.loc, p.logvar)
+    return kl.expand(torch.broadcast_shapes(kl.shape, q.batch_shape)) if q.batch_shape else kl
+
+
+def diag_gaussian(mu: Tensor, logvar: Tensor) -> DiagonalGaussian:
     """q = N(mu, diag(exp(logvar))) with the last dim as the event. mu, logvar: (..., D)."""
-    return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
+    return DiagonalGaussian(mu, logvar)
 
 
-def standard_normal(dim: int, device=None, dtype=None) -> Independent:
+def standard_normal(dim: int, device=None, dtype=None) -> StandardNormal:
     """The prior p(z) = N(0, I_dim), batch shape (), event shape (dim,)."""
-    zeros = torch.zeros(dim, device=device, dtype=dtype)
-    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+    return StandardNormal(dim, device=device, dtype=dtype)
 
 
 def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int = 1) -> Tensor:
@@ -57,7 +121,8 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int = 1) -> Tensor
     """
     if event_dims != 1:
         logits, x = logits.flatten(-event_dims), x.flatten(-event_dims)
-    return torch.linalg.vecdot(logits, x) - F.softplus(logits).sum(-1)
+    # softplus(l) is taken as l above the threshold; at 40 the error (e^-40) is below float64's epsilon
+    return torch.linalg.vecdot(logits, x) - F.softplus(logits, threshold=40.0).sum(-1)
 
 
 class FactorisedBernoulli(Independent):
@@ -96,11 +161,16 @@ class LikelihoodHead(ABC):
     @abstractmethod
     def __call__(self, params: Tensor, event_shape: tuple[int, ...]) -> Distribution: ...
 
+    def log_prob(self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]) -> Tensor:
+        """log p(x|z) from the decoder's output, shape (...): ``self(params, event_shape).log_prob(x)``.
+        Heads with a fused form override it (it is the training hot path)."""
+        return self(params, event_shape).log_prob(x)
+
     @abstractmethod
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         """E[x|z], shape (..., *event_shape): for pictures of reconstructions and samples."""
 
-    def check_data(self, x: Tensor) -> None:
+    def check_data(self, x: Tensor) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Raise VaelabError when data cannot come from this likelihood."""
 
 
@@ -113,13 +183,17 @@ class BernoulliHead(LikelihoodHead):
     def __call__(self, params: Tensor, event_shape: tuple[int, ...]) -> Distribution:
         return bernoulli(params.squeeze(-len(event_shape) - 1), len(event_shape))
 
+    def log_prob(self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]) -> Tensor:
+        return bernoulli_log_prob(params.squeeze(-len(event_shape) - 1), x, len(event_shape))
+
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         return torch.sigmoid(params.select(params.dim() - event_ndim - 1, 0))
 
     def check_data(self, x: Tensor) -> None:
         if x.min() < 0 or x.max() > 1:
             raise VaelabError(
-                "the Bernoulli decoder needs data in [0, 1]; set data.binarize or use model.likelihood='gaussian'"
+                "the Bernoulli decoder needs data in [0, 1]; "
+                "set data.binarize or use model.likelihood='gaussian'"
             )
 
 

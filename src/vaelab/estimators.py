@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from vaelab.divergences import DiagonalGaussianKL
 from vaelab.divergences import kl as kl_divergence
 
 __all__ = [
@@ -28,12 +29,14 @@ __all__ = [
     "logmeanexp",
     "log_importance_weights",
     "elbo",
+    "elbo_diag_gaussian",
     "iwae",
     "OBJECTIVES",
     "objective",
 ]
 
 Decoder = Callable[[Tensor], Distribution]
+LogLikelihood = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -83,12 +86,41 @@ def elbo(
     result is no longer a bound on log p(x), which is why evaluation always uses beta = 1.
     """
     z = posterior.rsample((n_samples,))  # (S, B, Dz)
-    reconstruction = decode(z).log_prob(x).mean(0)  # (B,)
+    log_px_z = decode(z).log_prob(x)  # (S, B)
+    # one sample: a view instead of a reduction (and no backward node for it)
+    reconstruction = log_px_z.squeeze(0) if n_samples == 1 else log_px_z.mean(0)  # (B,)
     if analytic_kl:
         kl = kl_divergence(posterior, prior, analytic=True)
     else:
         kl = (posterior.log_prob(z) - prior.log_prob(z)).mean(0)
-    return ElboTerms(bound=reconstruction - kl_weight * kl, reconstruction=reconstruction, kl=kl)
+    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
+    return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
+
+
+def elbo_diag_gaussian(
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    log_likelihood: LogLikelihood,
+    n_samples: int = 1,
+    kl_weight: float = 1.0,
+) -> ElboTerms:
+    """:func:`elbo` with the analytic KL for q(z|x) = N(mu, diag(exp(logvar))) and p(z) = N(0, I),
+    written on tensors: the training hot path, where building Distribution objects every step
+    costs more than the KL itself.
+
+    mu, logvar: (B, Dz). ``log_likelihood``: z (S, B, Dz) -> log p(x|z) (S, B). For the same random
+    state it returns exactly what ``elbo(x, diag_gaussian(mu, logvar), decode, standard_normal(Dz),
+    n_samples, analytic_kl=True, kl_weight=kl_weight)`` returns (the same eps is drawn).
+    """
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    z = torch.addcmul(mu, std, eps)  # z = mu + sigma * eps (Kingma & Welling 2014, eq. 4 / App. C)
+    log_px_z = log_likelihood(z)  # (S, B)
+    reconstruction = log_px_z.squeeze(0) if n_samples == 1 else log_px_z.mean(0)
+    kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # K&W eq. 10 / App. B
+    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
+    return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
 
 
 def iwae(
@@ -112,7 +144,10 @@ def iwae(
     log_px_z = decode(z).log_prob(x)  # (k, B)
     log_q = posterior.log_prob(z)
     log_w = log_px_z + prior.log_prob(z) - log_q
-    kl = kl_divergence(posterior, prior, analytic=True) if analytic_kl else (log_q - prior.log_prob(z)).mean(0)
+    if analytic_kl:
+        kl = kl_divergence(posterior, prior, analytic=True)
+    else:
+        kl = (log_q - prior.log_prob(z)).mean(0)
     return ElboTerms(bound=logmeanexp(log_w, 0), reconstruction=log_px_z.mean(0), kl=kl)
 
 

@@ -30,10 +30,13 @@ def _command_line(name: str, args: argparse.Namespace) -> str:
     """The command as a user would type it, rebuilt from the parsed arguments."""
     parts = ["vaelab", name]
     for key, value in vars(args).items():
-        if key.startswith("_") or key in ("command",) or value is None or value is False:
+        if key.startswith("_") or key == "command" or value is None or (value is False and key != "progress"):
             continue
         if key == "corpus":
             parts.insert(2, str(value))
+            continue
+        if key == "progress":  # tri-state: None (auto), True (--progress), False (--quiet)
+            parts.append("--progress" if value else "--quiet")
             continue
         flag = "--" + key.replace("_", "-")
         parts += [flag] if value is True else [flag, str(value)]

@@ -65,7 +65,9 @@ class VAEConfig(ModelConfig):
         if self.kl_warmup_steps < 0:
             raise VaelabError(f"{prefix}.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
         if self.objective == "iwae" and self.kl_warmup_steps:
-            raise VaelabError(f"{prefix}.kl_warmup_steps needs objective = 'elbo' (the IWAE bound has no KL weight)")
+            raise VaelabError(
+                f"{prefix}.kl_warmup_steps needs objective = 'elbo' (the IWAE bound has no KL weight)"
+            )
 
 
 @register_model("vae")
@@ -86,8 +88,11 @@ class VAE(Model):
     # ------------------------------------------------------------------ the three pieces
     def encode(self, x: Tensor) -> Distribution:
         """q(z|x): x (B, *shape) or (B, D) -> diagonal Gaussian, batch (B,), event (latent_dim,)."""
+        return diag_gaussian(*self._posterior_params(x))
+
+    def _posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
-        return diag_gaussian(mu, logvar)
+        return mu, logvar
 
     def _decoder_params(self, z: Tensor) -> Tensor:
         out = self.decoder(z)  # (..., P * D)
@@ -102,13 +107,29 @@ class VAE(Model):
         return self.head.mean(self._decoder_params(z), 1).unflatten(-1, self.spec.shape)
 
     def prior(self) -> Distribution:
-        return standard_normal(self.config.latent_dim, device=self._zero.device, dtype=self._zero.dtype)
+        """p(z) = N(0, I), built once per device and dtype (it is constant; building it costs more
+        than the KL it enters)."""
+        key = (self._zero.device, self._zero.dtype)
+        if getattr(self, "_prior_key", None) != key:
+            self._prior = standard_normal(self.config.latent_dim, device=key[0], dtype=key[1])
+            self._prior_key = key
+        return self._prior
 
     # ------------------------------------------------------------------ objectives
     def bound(self, x: Tensor, kl_weight: float = 1.0) -> estimators.ElboTerms:
         cfg = self.config
+        x = x.flatten(1)
+        if cfg.objective == "elbo" and cfg.analytic_kl:
+            # the same bound on tensors (q is a diagonal Gaussian, p(z) = N(0, I)): no Distribution
+            # objects are built in the training loop
+            event = (self.spec.n_dims,)
+            return estimators.elbo_diag_gaussian(
+                x, *self._posterior_params(x),
+                lambda z: self.head.log_prob(self._decoder_params(z), x, event),
+                n_samples=cfg.n_samples, kl_weight=kl_weight,
+            )
         fn = estimators.objective(cfg.objective)
-        return fn(x.flatten(1), self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
+        return fn(x, self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
                   analytic_kl=cfg.analytic_kl, kl_weight=kl_weight)
 
     def loss(self, batch: Tensor) -> LossOutput:
@@ -118,7 +139,9 @@ class VAE(Model):
             elbo = terms.reconstruction - terms.kl
         else:
             elbo = terms.bound
-        return LossOutput(loss=-terms.bound.mean(), elbo=elbo, reconstruction=terms.reconstruction, kl=terms.kl)
+        return LossOutput(
+            loss=-terms.bound.mean(), elbo=elbo, reconstruction=terms.reconstruction, kl=terms.kl
+        )
 
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
         """(k, B) log-weights log p(x,z_k) - log q(z_k|x) for importance-sampled log p(x)."""

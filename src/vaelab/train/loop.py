@@ -44,7 +44,9 @@ def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.opt
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                    fused=True)
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.Adagrad(
+            params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+        )
     raise VaelabError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -257,7 +259,8 @@ class Trainer:
                     epoch, start = divmod(self.step, self.steps_per_epoch)
                     for batch in self.train_batches.epoch(epoch, start):
                         lr = self._set_lr()
-                        model.train()
+                        if not model.training:  # a walk over every submodule: only after evaluation
+                            model.train()
                         if hasattr(model, "train_step"):
                             model.train_step = self.step
                         out = loss_fn(batch)

@@ -18,3 +18,12 @@ def data_root() -> Path:
     if not root:
         pytest.skip("VAELAB_DATA is not set (CI sets it to ../shared/data)")
     return Path(root)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one intra-op thread, restoring the previous count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -94,6 +94,7 @@ def test_diagonal_gaussian_density_and_sampler_match_independent_normal():
 def test_diagonal_gaussian_rsample_gradients_match_the_reference():
     mu, logvar, _ = _gaussian(seed=1)
     grads = []
+
     def reference(m, lv):
         return Independent(Normal(m, torch.exp(0.5 * lv)), 1)
 

@@ -6,19 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from vaelab.cli import main
 from vaelab.vi.corpus import data_root
 from vaelab.vi.lda import LDAModel, sample_corpus
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run_folder_ok(run):

@@ -19,15 +19,8 @@ from vaelab.vi.gaussian2d import (
 )
 from vaelab.vi.kl_examples import EXAMPLE2_P, contribution_table, example2_candidates, kl_argmin
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These are thousands of tiny (2x2) torch calls; intra-op threads only add OpenMP hand-off cost,
-    which becomes milliseconds per call when another process holds the second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# thousands of tiny (2x2) torch calls: intra-op threads only add OpenMP hand-off cost
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_example1_contributions():

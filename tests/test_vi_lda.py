@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.special import gammaln, logsumexp, psi
 
@@ -41,14 +40,8 @@ from vaelab.vi.lda import (
     unigram_perplexity,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _block_topics(rng, k=5, block=10, noise=0.1):

@@ -11,13 +11,15 @@ def pytest_configure(config):
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real datasets. In CI VAELAB_DATA is set, and a missing file must fail, not skip."""
-    root = os.environ.get("VAELAB_DATA")
-    if not root:
-        pytest.skip("VAELAB_DATA is not set (CI sets it to ../shared/data)")
-    return Path(root)
+    env = os.environ.get("VAELAB_DATA")
+    if not env:
+        pytest.skip("VAELAB_DATA is not set: the real-data tests need it (CI sets it to ../shared/data)")
+    path = Path(env)
+    assert path.is_dir(), f"VAELAB_DATA={env} is not a folder"
+    return path
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ test with the loader's message; only an unset VAELAB_DATA skips.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +20,16 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")
-def root() -> Path:
-    env = os.environ.get("VAELAB_DATA")
-    if not env:
-        pytest.skip("VAELAB_DATA is not set: the real-data tests need it (CI sets it to ../shared/data)")
-    path = Path(env)
-    assert path.is_dir(), f"VAELAB_DATA={env} is not a folder"
-    return path
-
-
-@pytest.fixture(scope="module")
-def mnist(root: Path):
+def mnist(data_root: Path):
     """Full MNIST as grey levels, no validation carve: loaded once for this module."""
-    return load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0), root=root)
+    return load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0), root=data_root)
 
 
 @pytest.mark.parametrize("name", [n for n, d in DATASETS.items() if d.files])
-def test_every_registered_file_is_present_and_verified(root: Path, name: str) -> None:
+def test_every_registered_file_is_present_and_verified(data_root: Path, name: str) -> None:
     ds = get_dataset(name)
     for f in ds.files:
-        status = file_status(ds, f, root)
+        status = file_status(ds, f, data_root)
         assert status.state == "present" and status.verified, f"{f.name}: {status.state} {status.detail}"
 
 
@@ -60,8 +49,8 @@ def test_mnist_shapes_values_and_label_counts(mnist) -> None:
     assert mnist.class_names == [str(d) for d in range(10)]
 
 
-def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(root: Path, mnist) -> None:
-    b = load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0.1, split_seed=7), root=root)
+def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(data_root: Path, mnist) -> None:
+    b = load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0.1, split_seed=7), root=data_root)
     assert len(b.train) == 54000 and len(b.valid) == 6000 and torch.equal(b.test, mnist.test)
     counts = torch.bincount(b.train_labels, minlength=10) + torch.bincount(b.valid_labels, minlength=10)
     assert counts.tolist() == MNIST_TRAIN_COUNTS
@@ -74,15 +63,15 @@ def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(root: 
     assert torch.equal(b.train, mnist.train[kept])
 
 
-def test_mnist_dynamic_is_grey_levels_marked_binary(root: Path, mnist) -> None:
-    b = load_dataset(DataConfig(name="mnist", binarize="dynamic", valid_size=0, limit=500), root=root)
+def test_mnist_dynamic_is_grey_levels_marked_binary(data_root: Path, mnist) -> None:
+    b = load_dataset(DataConfig(name="mnist", binarize="dynamic", valid_size=0, limit=500), root=data_root)
     assert b.spec.kind == "binary" and len(b.train) == 500
     assert torch.equal(b.train, mnist.train[:500]) and torch.equal(b.test, mnist.test)
     assert torch.equal(b.train_labels, mnist.train_labels[:500])
 
 
-def test_binarized_mnist(root: Path) -> None:
-    b = load_dataset(DataConfig(name="binarized_mnist", binarize="none"), root=root)
+def test_binarized_mnist(data_root: Path) -> None:
+    b = load_dataset(DataConfig(name="binarized_mnist", binarize="none"), root=data_root)
     assert b.train.shape == (50000, 1, 28, 28) and b.valid.shape == (10000, 1, 28, 28)
     assert b.test.shape == (10000, 1, 28, 28)
     assert b.spec.kind == "binary" and b.train_labels is None and b.spec.n_classes == 0
@@ -91,8 +80,8 @@ def test_binarized_mnist(root: Path) -> None:
         assert abs(float(x.mean()) - mean) < 5e-5
 
 
-def test_frey(root: Path) -> None:
-    b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0.1), root=root)
+def test_frey(data_root: Path) -> None:
+    b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0.1), root=data_root)
     assert b.spec.shape == (1, 28, 20) and b.spec.kind == "continuous"
     assert len(b.train) + len(b.valid) + len(b.test) == 1965
     assert len(b.test) == round(0.1 * 1965)
@@ -100,17 +89,19 @@ def test_frey(root: Path) -> None:
     # observed grey levels 8..238 (README)
     assert abs(float(every.min()) * 255 - 8) < 1e-4 and abs(float(every.max()) * 255 - 238) < 1e-4
     # The test set is fixed (TEST_SPLIT_SEED); split_seed moves only the validation set.
-    other = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0.1, split_seed=5), root=root)
+    other = load_dataset(
+        DataConfig(name="frey", binarize="none", valid_size=0.1, split_seed=5), root=data_root
+    )
     assert torch.equal(other.test, b.test) and not torch.equal(other.valid, b.valid)
     assert TEST_SPLIT_SEED == 0
 
 
-def test_frey_frames_are_columns_of_ff(root: Path) -> None:
+def test_frey_frames_are_columns_of_ff(data_root: Path) -> None:
     from scipy.io import loadmat
 
-    ff = loadmat(root / "freyface" / "frey_rawface.mat")["ff"]  # (560, 1965): one frame per column
+    ff = loadmat(data_root / "freyface" / "frey_rawface.mat")["ff"]  # (560, 1965): one frame per column
     expected = {ff[:, i].reshape(28, 20).tobytes() for i in range(ff.shape[1])}
-    b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0), root=root)
+    b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0), root=data_root)
     frames = (torch.cat([b.train, b.test]) * 255).round().to(torch.uint8).numpy()
     assert {f[0].tobytes() for f in frames} == expected
 
@@ -126,9 +117,9 @@ def test_digits_needs_no_files(tmp_path: Path) -> None:
     assert labels.bincount().sum() == 1797 and labels.max() == 9
 
 
-def test_cifar10_labels_and_class_names(root: Path) -> None:
+def test_cifar10_labels_and_class_names(data_root: Path) -> None:
     # The full decode takes ~10 s; the checksum test covers the bytes, this covers the layout.
-    data = read_file(get_dataset("cifar10"), "cifar10.npz", root)
+    data = read_file(get_dataset("cifar10"), "cifar10.npz", data_root)
     import io
 
     with np.load(io.BytesIO(data), allow_pickle=False) as z:

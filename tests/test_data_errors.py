@@ -21,27 +21,19 @@ from vaelab.data.mnist import parse_amat, parse_idx
 from vaelab.errors import VaelabError
 
 
-@pytest.fixture(scope="module")
-def root() -> Path:
-    env = os.environ.get("VAELAB_DATA")
-    if not env:
-        pytest.skip("VAELAB_DATA is not set: the corrupt-copy tests copy real files (CI sets it)")
-    return Path(env)
-
-
 def one_line(exc: pytest.ExceptionInfo) -> str:
     msg = str(exc.value)
     assert "\n" not in msg and msg
     return msg
 
 
-def mnist_root_with(tmp_path: Path, root: Path, bad: str, content: bytes | None) -> Path:
+def mnist_root_with(tmp_path: Path, data_root: Path, bad: str, content: bytes | None) -> Path:
     """A data root whose mnist/ links to the real files except ``bad`` (absent if content is None)."""
     folder = tmp_path / "data" / "mnist"
     folder.mkdir(parents=True)
     for f in get_dataset("mnist").files:
         if f.name != bad:
-            (folder / f.name).symlink_to(root / "mnist" / f.name)
+            (folder / f.name).symlink_to(data_root / "mnist" / f.name)
         elif content is not None:
             (folder / f.name).write_bytes(content)
     return tmp_path / "data"
@@ -50,8 +42,8 @@ def mnist_root_with(tmp_path: Path, root: Path, bad: str, content: bytes | None)
 # ----------------------------------------------------------------------------- missing / corrupt
 
 
-def test_missing_file_names_file_path_and_fix(tmp_path: Path, root: Path) -> None:
-    data = mnist_root_with(tmp_path, root, "t10k-labels-idx1-ubyte.gz", None)
+def test_missing_file_names_file_path_and_fix(tmp_path: Path, data_root: Path) -> None:
+    data = mnist_root_with(tmp_path, data_root, "t10k-labels-idx1-ubyte.gz", None)
     with pytest.raises(VaelabError) as exc:
         load_dataset(DataConfig(name="mnist"), root=data)
     msg = one_line(exc)
@@ -80,10 +72,10 @@ def test_data_root_is_vaelab_data_else_user_cache(monkeypatch: pytest.MonkeyPatc
     assert data_root() == Path.home() / ".cache" / "vaelab" / "data"
 
 
-def test_truncated_copy_is_corrupt(tmp_path: Path, root: Path) -> None:
+def test_truncated_copy_is_corrupt(tmp_path: Path, data_root: Path) -> None:
     name = "train-labels-idx1-ubyte.gz"
-    real = (root / "mnist" / name).read_bytes()
-    data = mnist_root_with(tmp_path, root, name, real[: len(real) // 2])
+    real = (data_root / "mnist" / name).read_bytes()
+    data = mnist_root_with(tmp_path, data_root, name, real[: len(real) // 2])
     with pytest.raises(VaelabError) as exc:
         load_dataset(DataConfig(name="mnist"), root=data)
     msg = one_line(exc)
@@ -92,11 +84,11 @@ def test_truncated_copy_is_corrupt(tmp_path: Path, root: Path) -> None:
     assert "delete it and run `vaelab data download mnist`" in msg
 
 
-def test_random_bytes_of_the_right_size_fail_the_checksum(tmp_path: Path, root: Path) -> None:
+def test_random_bytes_of_the_right_size_fail_the_checksum(tmp_path: Path, data_root: Path) -> None:
     name = "t10k-labels-idx1-ubyte.gz"
-    size = (root / "mnist" / name).stat().st_size
+    size = (data_root / "mnist" / name).stat().st_size
     junk = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
-    data = mnist_root_with(tmp_path, root, name, junk)
+    data = mnist_root_with(tmp_path, data_root, name, junk)
     with pytest.raises(VaelabError) as exc:
         load_dataset(DataConfig(name="mnist"), root=data)
     msg = one_line(exc)
@@ -107,10 +99,10 @@ def test_random_bytes_of_the_right_size_fail_the_checksum(tmp_path: Path, root: 
     assert "not a complete gzip stream" in one_line(exc)
 
 
-def test_truncated_gzip_of_binarized_mnist_is_corrupt(tmp_path: Path, root: Path) -> None:
+def test_truncated_gzip_of_binarized_mnist_is_corrupt(tmp_path: Path, data_root: Path) -> None:
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
-    real = (root / "binarized_mnist" / "binarized_mnist_valid.amat.gz").read_bytes()
+    real = (data_root / "binarized_mnist" / "binarized_mnist_valid.amat.gz").read_bytes()
     (folder / "binarized_mnist_valid.amat.gz").write_bytes(real[:100_000])
     with pytest.raises(VaelabError) as exc:
         read_file(get_dataset("binarized_mnist"), "binarized_mnist_valid.amat.gz", tmp_path)
@@ -119,11 +111,11 @@ def test_truncated_gzip_of_binarized_mnist_is_corrupt(tmp_path: Path, root: Path
     assert "vaelab data download binarized_mnist" in msg
 
 
-def test_binarized_mnist_accepts_the_uncompressed_amat(tmp_path: Path, root: Path) -> None:
+def test_binarized_mnist_accepts_the_uncompressed_amat(tmp_path: Path, data_root: Path) -> None:
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
     for split in ("train", "valid", "test"):
-        src = root / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"
+        src = data_root / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"
         if split == "test":  # the original text form, verified by its own sha256
             (folder / f"binarized_mnist_{split}.amat").write_bytes(gzip.decompress(src.read_bytes()))
         else:
@@ -284,11 +276,11 @@ def test_threshold_dynamic_and_none() -> None:
     assert torch.equal(none.test * 255, torch.from_numpy(s.test.astype(np.float32)))
 
 
-def test_copy_to_tmp_preserves_verification(tmp_path: Path, root: Path) -> None:
+def test_copy_to_tmp_preserves_verification(tmp_path: Path, data_root: Path) -> None:
     # A real copy (not a link) verifies, and the in-process cache does not hide a later change.
     folder = tmp_path / "freyface"
     folder.mkdir()
-    shutil.copy(root / "freyface" / "frey_rawface.mat", folder)
+    shutil.copy(data_root / "freyface" / "frey_rawface.mat", folder)
     read_file(get_dataset("frey"), "frey_rawface.mat", tmp_path)
     data = bytearray((folder / "frey_rawface.mat").read_bytes())
     data[-1] ^= 0xFF

@@ -214,6 +214,17 @@ def load_run_model(
     return model.to(device).eval(), cfg, c.path
 
 
+def _save_figure_arrays(run_dir: str | Path, name: str, **arrays) -> Path:
+    """Write ``figures/<name>.npz`` atomically (temp file, then rename); None arrays are left out."""
+    fig_dir = Path(run_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    path = fig_dir / f"{name}.npz"
+    tmp = fig_dir / f".{name}.tmp.npz"
+    np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if v is not None})
+    os.replace(tmp, path)
+    return path
+
+
 @torch.no_grad()
 def write_figures(
     run_dir: str | Path,
@@ -225,17 +236,11 @@ def write_figures(
     seed: int = 0,
 ) -> list[Path]:
     """Arrays for the report: reconstructions, samples, the 2-D manifold, posterior codes."""
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     written = []
 
     def save(name: str, **arrays) -> None:
-        path = fig_dir / f"{name}.npz"
-        tmp = fig_dir / f".{name}.tmp.npz"
-        np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if v is not None})
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(_save_figure_arrays(run_dir, name, **arrays))
 
     model.eval()
     x = test[:16]
@@ -317,14 +322,7 @@ def _checkpoint_step(path: Path) -> int | None:
 def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Path:
     model, _, _ = load_run_model(run_dir, device)
     torch.manual_seed(seed)
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    images = model.sample(n).cpu().numpy()
-    path = fig_dir / "samples.npz"
-    tmp = fig_dir / ".samples.tmp.npz"
-    np.savez_compressed(tmp, images=images)
-    os.replace(tmp, path)
-    return path
+    return _save_figure_arrays(run_dir, "samples", images=model.sample(n).cpu().numpy())
 
 
 def format_eval(result: dict) -> str:

@@ -70,6 +70,14 @@ def log_importance_weights(
     return decode(z).log_prob(x) + prior.log_prob(z) - posterior.log_prob(z)
 
 
+def _elbo_terms(log_px_z: Tensor, kl: Tensor, kl_weight: float) -> ElboTerms:
+    """ELBO = E_q[log p(x|z)] - beta KL from log p(x|z) of shape (S, B) and the KL of shape (B,)."""
+    # one sample: a view instead of a reduction (and no backward node for it)
+    reconstruction = log_px_z.squeeze(0) if log_px_z.shape[0] == 1 else log_px_z.mean(0)  # (B,)
+    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
+    return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
+
+
 def elbo(
     x: Tensor,
     posterior: Distribution,
@@ -87,14 +95,11 @@ def elbo(
     """
     z = posterior.rsample((n_samples,))  # (S, B, Dz)
     log_px_z = decode(z).log_prob(x)  # (S, B)
-    # one sample: a view instead of a reduction (and no backward node for it)
-    reconstruction = log_px_z.squeeze(0) if n_samples == 1 else log_px_z.mean(0)  # (B,)
     if analytic_kl:
         kl = kl_divergence(posterior, prior, analytic=True)
     else:
         kl = (posterior.log_prob(z) - prior.log_prob(z)).mean(0)
-    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
-    return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
+    return _elbo_terms(log_px_z, kl, kl_weight)
 
 
 def elbo_diag_gaussian(
@@ -117,10 +122,8 @@ def elbo_diag_gaussian(
     eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
     z = torch.addcmul(mu, std, eps)  # z = mu + sigma * eps (Kingma & Welling 2014, eq. 4 / App. C)
     log_px_z = log_likelihood(z)  # (S, B)
-    reconstruction = log_px_z.squeeze(0) if n_samples == 1 else log_px_z.mean(0)
     kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # K&W eq. 10 / App. B
-    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
-    return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
+    return _elbo_terms(log_px_z, kl, kl_weight)
 
 
 def iwae(

@@ -377,30 +377,32 @@ def main(argv=None) -> int:
         ]
         rows.append(row)
 
-    # the importance-sampled log-likelihood of the last vaelab model
+    # the importance-sampled log-likelihood of the last vaelab model (--is-examples 0 skips it)
     n_is = min(args.is_examples, test_x.shape[0])
-    model = vaelab_model(spec, trained)
-    torch.manual_seed(args.seed)
-    print(f"IS log p(x), K = {args.is_k}, on {n_is} test images ...", flush=True)
-    c0 = time.process_time()
-    is_batches = TensorBatches(test_x[:n_is], 100, shuffle=False)
-    res = importance_sampled_log_likelihood(model, is_batches, k=args.is_k)
-    is_cpu = time.process_time() - c0
-    fl = is_flops(n_is, args.is_k)
-    scale = test_x.shape[0] / n_is
-    label = "" if n_is == test_x.shape[0] else f" EXTRAPOLATED from {n_is} images"
-    is_lines = [
-        f"IS log p(x), K = {args.is_k}: {n_is} test images in {res.seconds:.1f} s, "
-        f"{fl / 1e12:.2f} TFLOP (decoder per sample + encoder per image), "
-        f"{fl / res.seconds / 1e9:.1f} GFLOP/s = {fl / res.seconds / 1e9 / peak:.0%} of peak",
-        f"all {test_x.shape[0]} test images: {res.seconds * scale / 60:.1f} min{label}",
-    ]
-    if cpu_too:
-        is_lines.append(f"by CPU time: {is_cpu:.1f} s, {fl / is_cpu / 1e9:.1f} GFLOP/s = "
-                        f"{fl / is_cpu / 1e9 / peak:.0%} of peak; all {test_x.shape[0]} images: "
-                        f"{is_cpu * scale / 60:.1f} min{label}")
-    is_lines.append(f"log p(x) of the {args.epochs}-epoch vaelab model: {res.mean:.2f} +- {res.stderr:.2f} "
-                    f"nats (on these {n_is} images)")
+    is_lines = []
+    if n_is > 0:
+        model = vaelab_model(spec, trained)
+        torch.manual_seed(args.seed)
+        print(f"IS log p(x), K = {args.is_k}, on {n_is} test images ...", flush=True)
+        c0 = time.process_time()
+        is_batches = TensorBatches(test_x[:n_is], 100, shuffle=False)
+        res = importance_sampled_log_likelihood(model, is_batches, k=args.is_k)
+        is_cpu = time.process_time() - c0
+        fl = is_flops(n_is, args.is_k)
+        scale = test_x.shape[0] / n_is
+        label = "" if n_is == test_x.shape[0] else f" EXTRAPOLATED from {n_is} images"
+        is_lines += [
+            f"IS log p(x), K = {args.is_k}: {n_is} test images in {res.seconds:.1f} s, "
+            f"{fl / 1e12:.2f} TFLOP (decoder per sample + encoder per image), "
+            f"{fl / res.seconds / 1e9:.1f} GFLOP/s = {fl / res.seconds / 1e9 / peak:.0%} of peak",
+            f"all {test_x.shape[0]} test images: {res.seconds * scale / 60:.1f} min{label}",
+        ]
+        if cpu_too:
+            is_lines.append(f"by CPU time: {is_cpu:.1f} s, {fl / is_cpu / 1e9:.1f} GFLOP/s = "
+                            f"{fl / is_cpu / 1e9 / peak:.0%} of peak; all {test_x.shape[0]} images: "
+                            f"{is_cpu * scale / 60:.1f} min{label}")
+        is_lines.append(f"log p(x) of the {args.epochs}-epoch vaelab model: {res.mean:.2f} "
+                        f"+- {res.stderr:.2f} nats (on these {n_is} images)")
 
     table = _markdown(header, rows)
     notes = [

@@ -23,7 +23,8 @@ from vaelab.train import (
     dynamic_binarize,
 )
 from vaelab.train import checkpoint as ckpt
-from vaelab.train.batching import batch_seed
+from vaelab.train.batching import batch_seed, grey_levels
+from vaelab.train.loop import FusedAdamStep
 from vaelab.train.schedules import learning_rate, linear_ramp
 
 SPEC = DataSpec((1, 4, 4), "binary")
@@ -161,9 +162,41 @@ def test_batches_are_a_pure_function_of_seed_epoch_and_index():
 
 def test_dynamic_binarization_has_the_right_mean():
     p = torch.full((200, 1000), 0.3)
-    x = dynamic_binarize(p, torch.Generator().manual_seed(0))
+    x = dynamic_binarize(p, 0)
     assert set(x.unique().tolist()) <= {0.0, 1.0}
     assert x.mean().item() == pytest.approx(0.3, abs=4 * math.sqrt(0.21 / 200_000))
+
+
+def test_grey_levels_are_found_only_when_every_value_is_k_over_255():
+    k = torch.randint(0, 256, (50, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = k.float() / 255
+    assert torch.equal(grey_levels(x), k)
+    assert grey_levels(x + 1e-3) is None  # not a level
+    assert grey_levels(torch.full((3,), 2.0)) is None  # out of [0, 1]
+    assert grey_levels(k) is None  # already integers: left alone
+    tb = TensorBatches(x, 10, seed=0, transform=dynamic_binarize)
+    assert tb.data.dtype == torch.uint8  # held as levels, a quarter of the memory
+    assert next(iter(tb)).dtype == torch.float32
+
+
+def test_binarized_grey_levels_are_exact_bernoulli_k_over_255():
+    """Every level k, 4000 draws each: k = 0 never and k = 255 always gives 1 (a byte of 255 left in
+    the draw would turn about 16 of the k = 255 draws into 0), and every other frequency is within
+    5 standard errors of k / 255; all the draws together pass a chi-square test."""
+    n = 4000
+    levels = torch.arange(256, dtype=torch.uint8).repeat(n, 1)
+    x = dynamic_binarize(levels, 12345)
+    assert x.dtype == torch.get_default_dtype() and set(x.unique().tolist()) == {0.0, 1.0}
+    freq = x.mean(0).double()
+    p = torch.arange(256, dtype=torch.float64) / 255
+    assert freq[0] == 0 and freq[255] == 1
+    se = (p * (1 - p) / n).sqrt()[1:255]
+    assert ((freq[1:255] - p[1:255]).abs() <= 5 * se).all()
+    chi2 = (((freq[1:255] - p[1:255]) / se) ** 2).sum().item()
+    assert chi2 < 254 + 5 * math.sqrt(2 * 254)  # mean 254, sd sqrt(508): 5 sd
+    # a batch is a pure function of its seed, and another seed gives another draw
+    assert torch.equal(dynamic_binarize(levels, 12345), x)
+    assert not torch.equal(dynamic_binarize(levels, 12346), x)
 
 
 class TestCheckpointRefusals:
@@ -212,9 +245,39 @@ class TestCheckpointRefusals:
 
 
 def test_dynamic_binarization_is_the_comparison_of_one_bulk_uniform_draw():
-    """u < p with u ~ U(0, 1) drawn in one call: exactly x ~ Bernoulli(p), the same draw as before the
-    in-place rewrite, and float {0, 1} values."""
+    """Probabilities that are not 8-bit levels: u < p with u ~ U(0, 1) drawn in one call, exactly
+    x ~ Bernoulli(p), the same draw as before the in-place rewrite, and float {0, 1} values."""
     p = torch.rand(64, 1, 5, 5, generator=torch.Generator().manual_seed(2))
-    x = dynamic_binarize(p, torch.Generator().manual_seed(7))
+    x = dynamic_binarize(p, 7)
     u = torch.rand(p.shape, generator=torch.Generator().manual_seed(7))
     assert x.dtype == p.dtype and torch.equal(x, (u < p).to(p.dtype))
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "amsgrad"])
+def test_fused_adam_step_equals_torch_adam_bit_for_bit(kind):
+    """The trainer's lean step runs the same kernel as Adam(fused=True).step(): after 6 steps (one
+    of them with a parameter lacking a gradient, which takes torch's own path) the weights and every
+    state tensor are identical."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    a = [torch.randn(s, generator=g, requires_grad=True) for s in shapes]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    kw = dict(lr=0.01, weight_decay=0.1 if kind != "adam" else 0.0, amsgrad=kind == "amsgrad", fused=True)
+    ref, opt = cls(a, **kw), cls(b, **kw)
+    fast = FusedAdamStep(opt)
+    for step in range(6):
+        for pa, pb in zip(a, b):
+            grad = torch.randn(pa.shape, generator=g)
+            pa.grad, pb.grad = grad.clone(), grad.clone()
+        if step == 3:
+            a[1].grad = b[1].grad = None
+        ref.step()
+        fast()
+        for lr_group in (ref.param_groups[0], opt.param_groups[0]):
+            lr_group["lr"] *= 0.9
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a, b))
+    for pa, pb in zip(a, b):
+        for key, value in ref.state[pa].items():
+            assert torch.equal(value, opt.state[pb][key]), key
+    assert fast._groups is not None  # the lean path was taken after the fallbacks

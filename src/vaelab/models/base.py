@@ -34,12 +34,26 @@ class LossOutput:
 
     def scalars(self) -> dict[str, Tensor]:
         """Batch means of every term present, detached (no host sync until the caller asks)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None:
-                out[f.name] = v.detach().float().mean()
-        return out
+        names, values = self.scalar_vector()
+        return dict(zip(names, values.unbind()))
+
+    def scalar_vector(self) -> tuple[tuple[str, ...], Tensor]:
+        """The names of the terms present and their batch means as one float32 vector, detached.
+
+        The training loop accumulates this vector every step: when the per-example terms share a
+        shape it costs one stack and one mean, instead of a mean and a sum per term.
+        """
+        present = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        present = [(k, v) for k, v in present if v is not None]
+        names = tuple(k for k, _ in present)
+        with torch.no_grad():
+            loss, terms = present[0][1], [v for _, v in present[1:]]
+            if terms and all(t.shape == terms[0].shape and t.dtype == terms[0].dtype for t in terms):
+                means = torch.stack(terms).flatten(1).mean(1)
+                values = torch.cat([loss.reshape(1).to(means.dtype), means]).float()
+            else:
+                values = torch.stack([v.float().mean() for _, v in present])
+        return names, values
 
 
 @dataclass

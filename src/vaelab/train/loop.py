@@ -29,7 +29,7 @@ from vaelab.train.batching import TensorBatches
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
 
-__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss"]
+__all__ = ["Trainer", "build_optimizer", "FusedAdamStep", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(VaelabError):
@@ -48,6 +48,76 @@ def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.opt
             params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
         )
     raise VaelabError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class FusedAdamStep:
+    """``optimizer.step()`` for a fused Adam or AdamW, without torch.optim's per-step Python.
+
+    It calls the very kernel ``torch.optim.Adam(fused=True).step()`` calls (``torch._fused_adam_`` /
+    ``_fused_adamw_``, the same arguments, the same results bit for bit), on lists of parameters and
+    states gathered once instead of on every step. Whenever that shortcut does not apply (the first
+    step, which creates the state; a parameter without a gradient; optimizer hooks, a gradient
+    scaler, amsgrad on another device, ...) it calls ``optimizer.step()`` itself.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self._groups: list[tuple[dict, list, list, list, list, list]] | None = None
+        kernels = (getattr(torch, "_fused_adam_", None), getattr(torch, "_fused_adamw_", None))
+        self._enabled = isinstance(optimizer, torch.optim.Adam) and None not in kernels
+        self._kernels = kernels
+
+    def _gather(self) -> list | None:
+        opt = self.optimizer
+        hooked = opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+        scaled = getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None
+        if hooked or scaled:
+            return None
+        from torch.optim import optimizer as optim_module
+
+        if getattr(optim_module, "_global_optimizer_pre_hooks", None) or getattr(
+            optim_module, "_global_optimizer_post_hooks", None
+        ):
+            return None
+        groups = []
+        for g in opt.param_groups:
+            if not g.get("fused") or g.get("capturable") or g.get("differentiable"):
+                return None
+            params = [p for p in g["params"] if p.requires_grad]
+            states = [opt.state.get(p) for p in params]
+            if not params or any(not st or "step" not in st for st in states):
+                return None
+            if len({(p.device, p.dtype) for p in params}) != 1 or any(p.is_complex() for p in params):
+                return None
+            groups.append((g, params, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                           [st["max_exp_avg_sq"] for st in states] if g["amsgrad"] else [],
+                           [st["step"] for st in states]))
+        return groups
+
+    def reset(self) -> None:
+        """Forget the gathered lists (after ``optimizer.load_state_dict``)."""
+        self._groups = None
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if self._enabled and self._groups is None:
+            self._groups = self._gather()
+        groups = self._groups if self._enabled else None
+        if groups is None:
+            self.optimizer.step()
+            return
+        for group in groups:
+            if any(p.grad is None for p in group[1]):
+                self._groups = None
+                self.optimizer.step()
+                return
+        for g, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps in groups:
+            beta1, beta2 = g["betas"]
+            kernel = self._kernels[1] if g.get("decoupled_weight_decay") else self._kernels[0]
+            torch._foreach_add_(steps, 1)
+            kernel(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                   amsgrad=g["amsgrad"], lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
+                   eps=g["eps"], maximize=g["maximize"], grad_scale=None, found_inf=None)
 
 
 class _Interrupt:
@@ -86,7 +156,7 @@ class Trainer:
 
     Args:
         model: an ``nn.Module`` whose ``forward(batch)`` returns an object with a scalar ``loss``
-            and a ``scalars()`` method (``vaelab.models.LossOutput``). If it has an attribute
+            and a ``scalar_vector()`` method (``vaelab.models.LossOutput``). If it has an attribute
             ``train_step`` it is set to the global step before each step.
         cfg: the ``[train]`` section.
         train_batches / valid_batches: ``TensorBatches`` (anything with ``epoch(e, start)`` and
@@ -116,6 +186,7 @@ class Trainer:
         self.rank, self.world = _distributed()
         self.callbacks = list(callbacks) if self.rank == 0 else []
         self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
+        self._optimizer_step = FusedAdamStep(self.optimizer)
         self.steps_per_epoch = len(train_batches)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.step = 0
@@ -161,11 +232,19 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return self.last_checkpoint
 
+    @staticmethod
+    def _window_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, float]:
+        """Means over the logging window of the accumulated term vectors (one host sync each)."""
+        row: dict[str, float] = {}
+        for names, total in sums.items():
+            row.update(zip(names, (total / n).tolist()))
+        return row
+
     def _assert_healthy(self) -> None:
         """Never checkpoint a state that went non-finite: pending losses and every parameter."""
         sums = getattr(self, "_sums", {})
-        if "loss" in sums and self._n_sum:
-            self._check_finite(sums["loss"].item() / self._n_sum)
+        if sums and self._n_sum:
+            self._check_finite(self._window_means(sums, self._n_sum)["loss"])
         for name, p in self._raw_model().named_parameters():
             if not torch.isfinite(p).all():
                 self._check_finite(float("nan"))
@@ -185,6 +264,7 @@ class Trainer:
         ckpt.load_model_weights(self._raw_model(), c)
         assert c.trainer_state is not None
         state = ckpt.unflatten_optimizer_state(c.trainer_state, c.meta["optimizer"])
+        self._optimizer_step.reset()
         try:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError) as exc:
@@ -246,7 +326,7 @@ class Trainer:
         loss_fn = self._loss_fn()
         eval_every = self.cfg.eval_every or self.steps_per_epoch
         log_every = max(1, self.cfg.log_every)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[tuple[str, ...], torch.Tensor] = {}  # term names -> summed batch means
         n_sum = 0
         self._sums, self._n_sum = sums, n_sum
         self._t0 = time.perf_counter()
@@ -264,18 +344,19 @@ class Trainer:
                         if hasattr(model, "train_step"):
                             model.train_step = self.step
                         out = loss_fn(batch)
-                        self.optimizer.zero_grad(set_to_none=True)
+                        for p in params:  # zero_grad(set_to_none=True) without its per-step wrapper
+                            p.grad = None
                         out.loss.backward()
                         if self.cfg.grad_clip:
                             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-                        self.optimizer.step()
+                        self._optimizer_step()
                         self.step += 1
-                        for k, v in out.scalars().items():
-                            sums[k] = sums[k] + v if k in sums else v
+                        names, values = out.scalar_vector()
+                        sums[names] = sums[names] + values if names in sums else values
                         n_sum += 1
                         self._sums, self._n_sum = sums, n_sum
                         if self.step % log_every == 0 or self.step == self.total_steps:
-                            row = {k: v.item() / n_sum for k, v in sums.items()}
+                            row = self._window_means(sums, n_sum)
                             self._check_finite(row["loss"])
                             self._emit({"split": "train", "step": self.step,
                                         "epoch": round(self.step / self.steps_per_epoch, 4),

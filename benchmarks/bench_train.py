@@ -365,6 +365,8 @@ def main(argv=None) -> int:
     for c in contenders:
         mem = memory.get(c)
         ratio = f"{med['vaelab'] / med[c]:.2f}x" + (f" ({cmed['vaelab'] / cmed[c]:.2f}x)" if cpu_too else "")
+        # the same run's slices were interleaved, so each run's own ratio shows the spread
+        ratio += " (runs: " + " / ".join(f"{v / w:.2f}" for v, w in zip(rate["vaelab"], rate[c])) + ")"
         row = [c, f"{med[c]:,.0f}", " / ".join(f"{v:,.0f}" for v in rate[c])]
         row += [f"{cmed[c]:,.0f}"] if cpu_too else []
         best = cmed[c] if cpu_too else med[c]

@@ -45,7 +45,9 @@ def _trainer(run_dir, seed=0, callbacks=None, **train):
             **train,
         }
     )
-    batches = TensorBatches(DATA[:240], cfg.batch_size, seed=seed, transform=dynamic_binarize)
+    # 8-bit grey levels, as images from files are: held as uint8 and binarized from random bytes
+    levels = torch.round(DATA[:240] * 255) / 255
+    batches = TensorBatches(levels, cfg.batch_size, seed=seed, transform=dynamic_binarize)
     valid = TensorBatches(DATA[240:].bernoulli(generator=torch.Generator().manual_seed(1)), 30, shuffle=False)
     cbs = callbacks if callbacks is not None else [JsonlLogger(run_dir / "metrics.jsonl"), Checkpointer(5)]
     return Trainer(
@@ -145,8 +147,11 @@ def test_schedules_are_pure_functions():
     assert learning_rate(4, 100, 1e-3, 1e-4, "constant", warmup_steps=10) == pytest.approx(5e-4)
 
 
-def test_batches_are_a_pure_function_of_seed_epoch_and_index():
-    tb = TensorBatches(DATA, 64, seed=3, transform=dynamic_binarize)
+@pytest.mark.parametrize("levels", [False, True], ids=["float-probabilities", "8-bit-levels"])
+def test_batches_are_a_pure_function_of_seed_epoch_and_index(levels):
+    data = torch.round(DATA * 255) / 255 if levels else DATA
+    tb = TensorBatches(data, 64, seed=3, transform=dynamic_binarize)
+    assert (tb.data.dtype == torch.uint8) == levels
     full = list(tb.epoch(2))
     tail = list(tb.epoch(2, start=2))
     assert all(torch.equal(a, b) for a, b in zip(full[2:], tail))

@@ -121,41 +121,8 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int = 1) -> Tensor
     """
     if event_dims != 1:
         logits, x = logits.flatten(-event_dims), x.flatten(-event_dims)
-    if torch.is_grad_enabled() and (logits.requires_grad or x.requires_grad):
-        return _BernoulliLogProb.apply(logits, x)
-    return _bernoulli_log_prob(logits, x)
-
-
-def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     # softplus(l) is taken as l above the threshold; at 40 the error (e^-40) is below float64's epsilon
     return torch.linalg.vecdot(logits, x) - F.softplus(logits, threshold=40.0).sum(-1)
-
-
-class _BernoulliLogProb(torch.autograd.Function):
-    """sum_d [x_d l_d - softplus(l_d)] with its gradient written out: d/dl = x - sigmoid(l).
-
-    Autograd would record five nodes and run seven kernels backwards (two of them to add up the two
-    paths into l); this is one node and three passes over l. The training loop's hot path.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, x)
-        return _bernoulli_log_prob(logits, x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        logits, x = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        grad_logits = grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_logits = torch.sigmoid(logits).sub_(x).mul_(g.neg())  # (x - sigmoid(l)) * g
-            if grad_logits.shape != logits.shape:  # x broadcast larger than the logits
-                grad_logits = grad_logits.sum_to_size(logits.shape)
-        if ctx.needs_input_grad[1]:
-            grad_x = (logits * g).sum_to_size(x.shape)
-        return grad_logits, grad_x
 
 
 class FactorisedBernoulli(Independent):

@@ -30,7 +30,6 @@ __all__ = [
     "log_importance_weights",
     "elbo",
     "elbo_diag_gaussian",
-    "reparameterize_with_kl",
     "iwae",
     "OBJECTIVES",
     "objective",
@@ -119,53 +118,12 @@ def elbo_diag_gaussian(
     state it returns exactly what ``elbo(x, diag_gaussian(mu, logvar), decode, standard_normal(Dz),
     n_samples, analytic_kl=True, kl_weight=kl_weight)`` returns (the same eps is drawn).
     """
-    eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
-    z, kl = reparameterize_with_kl(mu, logvar, eps)
-    log_px_z = log_likelihood(z)  # (S, B)
-    return _elbo_terms(log_px_z, kl, kl_weight)
-
-
-def reparameterize_with_kl(mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """z = mu + exp(logvar / 2) * eps (Kingma & Welling 2014, eq. 4 / App. C) and the analytic
-    KL(N(mu, diag(exp(logvar))) || N(0, I)) = 1/2 sum(mu^2 + exp(logvar) - 1 - logvar) (eq. 10 /
-    App. B), with the gradients of both written out: one autograd node instead of about twenty.
-
-    mu, logvar: (B, Dz); eps: (S, B, Dz). Returns z (S, B, Dz) and the KL (B,). The same numbers as
-    ``torch.addcmul(mu, torch.exp(0.5 * logvar), eps)`` and ``DiagonalGaussianKL.to_standard_normal``.
-    """
-    if torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad):
-        return _ReparameterizeKL.apply(mu, logvar, eps)
     std = torch.exp(0.5 * logvar)
-    return torch.addcmul(mu, std, eps), DiagonalGaussianKL.to_standard_normal(mu, logvar)
-
-
-class _ReparameterizeKL(torch.autograd.Function):
-    """Forward: z and the KL. Backward, with g_z (S, B, Dz) and g_kl (B,):
-    d/dmu = sum_s g_z + g_kl mu;  d/dlogvar = 1/2 [sigma sum_s g_z eps + g_kl (sigma^2 - 1)]."""
-
-    @staticmethod
-    def forward(ctx, mu: Tensor, logvar: Tensor, eps: Tensor):
-        std = torch.exp(0.5 * logvar)
-        z = torch.addcmul(mu, std, eps)
-        kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)
-        ctx.save_for_backward(mu, std, eps)
-        return z, kl
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_z: Tensor | None, grad_kl: Tensor | None):
-        mu, std, eps = ctx.saved_tensors
-        if grad_z is not None:
-            grad_mu = grad_z.sum(0) if grad_z.shape[0] > 1 else grad_z[0]
-            gz_eps = grad_z * eps
-            grad_logvar = (gz_eps.sum(0) if gz_eps.shape[0] > 1 else gz_eps[0]).mul_(std)
-        else:
-            grad_mu, grad_logvar = torch.zeros_like(mu), torch.zeros_like(mu)
-        if grad_kl is not None:
-            g = grad_kl.unsqueeze(-1)
-            grad_mu = torch.addcmul(grad_mu, g, mu)
-            grad_logvar = torch.addcmul(grad_logvar, g, std.square().sub_(1))
-        return grad_mu, grad_logvar.mul_(0.5), None
+    eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    z = torch.addcmul(mu, std, eps)  # z = mu + sigma * eps (Kingma & Welling 2014, eq. 4 / App. C)
+    log_px_z = log_likelihood(z)  # (S, B)
+    kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # K&W eq. 10 / App. B
+    return _elbo_terms(log_px_z, kl, kl_weight)
 
 
 def iwae(

@@ -182,6 +182,10 @@ def test_grey_levels_are_found_only_when_every_value_is_k_over_255():
     tb = TensorBatches(x, 10, seed=0, transform=dynamic_binarize)
     assert tb.data.dtype == torch.uint8  # held as levels, a quarter of the memory
     assert next(iter(tb)).dtype == torch.float32
+    # converted once per tensor: a second batcher over it reuses the levels, unless x changed
+    assert TensorBatches(x, 10, transform=dynamic_binarize).data is tb.data
+    x[0, 0, 0, 0] = 0.5  # not a level any more
+    assert TensorBatches(x, 10, transform=dynamic_binarize).data is x
 
 
 def test_binarized_grey_levels_are_exact_bernoulli_k_over_255():

@@ -8,6 +8,7 @@ resumed in the middle of an epoch sees exactly the batches an uninterrupted run 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -64,8 +65,19 @@ class DynamicBinarize:
     Every draw is seeded by the batch's seed alone, so a batch is a pure function of it.
     """
 
+    def __init__(self):
+        self._last: tuple[weakref.ref, int, Tensor | None] | None = None
+
     def prepare(self, data: Tensor) -> Tensor:
-        levels = grey_levels(data)
+        """The levels of ``data`` as uint8 when it holds exact 8-bit levels, else ``data``. The last
+        conversion is remembered (while that tensor lives unchanged), so batchers built again over
+        the same data - a resumed run, a sweep in one process - do not convert it again."""
+        last = self._last
+        if last is not None and last[0]() is data and last[1] == data._version:
+            levels = last[2]
+        else:
+            levels = grey_levels(data)
+            self._last = (weakref.ref(data), data._version, levels)
         return data if levels is None else levels
 
     def __call__(self, batch: Tensor, seed: int) -> Tensor:

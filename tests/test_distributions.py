@@ -147,4 +147,3 @@ def test_registered_kl_refuses_mismatched_event_shapes():
     mu, logvar, _ = _gaussian()
     with pytest.raises(ValueError, match="event shapes"):
         kl_divergence(diag_gaussian(mu, logvar), standard_normal(3, dtype=DT))
-

@@ -212,4 +212,3 @@ def test_vae_training_bound_equals_the_distribution_path():
     ref = elbo(x.flatten(1), model.encode(x), model.decode, model.prior(), n_samples=2, kl_weight=0.5)
     for name in ("bound", "reconstruction", "kl"):
         assert torch.allclose(getattr(fast, name), getattr(ref, name), atol=1e-5), name
-

@@ -290,3 +290,19 @@ def test_fused_adam_step_equals_torch_adam_bit_for_bit(kind):
         for key, value in ref.state[pa].items():
             assert torch.equal(value, opt.state[pb][key]), key
     assert fast._groups is not None  # the lean path was taken after the fallbacks
+
+
+def test_scalar_vector_holds_the_batch_mean_of_every_term():
+    """One stack for (B,)-shaped terms, one mean per term otherwise: the same numbers either way."""
+    from vaelab.models.base import LossOutput
+
+    g = torch.Generator().manual_seed(0)
+    elbo, kl = torch.randn(6, generator=g), torch.rand(6, generator=g)
+    loss = (-elbo).mean().requires_grad_()
+    for out in (LossOutput(loss=loss, elbo=elbo, kl=kl),
+                LossOutput(loss=loss, elbo=elbo, kl=kl[:3])):  # terms of different shapes
+        names, values = out.scalar_vector()
+        assert names == ("loss", "elbo", "kl") and not values.requires_grad
+        expected = torch.stack([loss.detach(), elbo.mean(), out.kl.mean()])
+        assert torch.allclose(values, expected)
+        assert out.scalars().keys() == {"loss", "elbo", "kl"}

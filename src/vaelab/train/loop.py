@@ -71,7 +71,7 @@ class FusedAdamStep:
 
     def _gather(self) -> list | None:
         opt = self.optimizer
-        hooked = opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+        hooked = any(getattr(opt, f"_optimizer_step_{when}_hooks", None) for when in ("pre", "post"))
         scaled = getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None
         if hooked or scaled:
             return None

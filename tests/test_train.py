@@ -23,7 +23,7 @@ from vaelab.train import (
     dynamic_binarize,
 )
 from vaelab.train import checkpoint as ckpt
-from vaelab.train.batching import batch_seed, grey_levels
+from vaelab.train.batching import DynamicBinarize, batch_seed, grey_levels
 from vaelab.train.loop import FusedAdamStep
 from vaelab.train.schedules import learning_rate, linear_ramp
 
@@ -186,6 +186,13 @@ def test_grey_levels_are_found_only_when_every_value_is_k_over_255():
     assert TensorBatches(x, 10, transform=dynamic_binarize).data is tb.data
     x[0, 0, 0, 0] = 0.5  # not a level any more
     assert TensorBatches(x, 10, transform=dynamic_binarize).data is x
+    # the remembered levels do not outlive their source tensor
+    binarize = DynamicBinarize()
+    y = k.float() / 255
+    binarize.prepare(y)
+    assert binarize._last is not None
+    del y
+    assert binarize._last is None
 
 
 def test_binarized_grey_levels_are_exact_bernoulli_k_over_255():

@@ -70,15 +70,20 @@ class DynamicBinarize:
 
     def prepare(self, data: Tensor) -> Tensor:
         """The levels of ``data`` as uint8 when it holds exact 8-bit levels, else ``data``. The last
-        conversion is remembered (while that tensor lives unchanged), so batchers built again over
-        the same data - a resumed run, a sweep in one process - do not convert it again."""
+        conversion is remembered while that tensor lives unchanged (and no longer), so batchers built
+        again over the same data - a resumed run, a sweep in one process - do not convert it again."""
         last = self._last
         if last is not None and last[0]() is data and last[1] == data._version:
             levels = last[2]
         else:
             levels = grey_levels(data)
-            self._last = (weakref.ref(data), data._version, levels)
+            # the memory goes with the source tensor: when it is collected the levels are forgotten
+            self._last = (weakref.ref(data, self._forget), data._version, levels)
         return data if levels is None else levels
+
+    def _forget(self, ref: weakref.ref) -> None:
+        if self._last is not None and self._last[0] is ref:
+            self._last = None
 
     def __call__(self, batch: Tensor, seed: int) -> Tensor:
         if batch.dtype == torch.uint8:

@@ -48,6 +48,8 @@ def test_overrides_are_typed():
         ({"model": {"name": "vae"}, "trian": {}}, r"unknown config section \[trian\]"),
         ({"model": {"name": "vae"}, "data": {"valid_size": -0.1}}, "data.valid_size must be >= 0"),
         ({"model": {"name": "vae"}, "train": {"batch_size": 0}}, "train.batch_size must be >= 1"),
+        ({"model": {"name": "vae"}, "train": {"ema_decay": 1.0}}, r"train.ema_decay must be in \[0, 1\)"),
+        ({"model": {"name": "vae"}, "train": {"ema_every": 0}}, "train.ema_every must be >= 1"),
     ],
 )
 def test_bad_configs_name_the_key(data, message):

@@ -23,6 +23,7 @@ from vaelab.train import (
     dynamic_binarize,
 )
 from vaelab.train import checkpoint as ckpt
+from vaelab.train.averaging import ParameterAverage
 from vaelab.train.batching import DynamicBinarize, batch_seed, grey_levels
 from vaelab.train.loop import FusedAdamStep
 from vaelab.train.schedules import learning_rate, linear_ramp
@@ -55,8 +56,9 @@ def _trainer(run_dir, seed=0, callbacks=None, **train):
     )
 
 
-def test_resume_is_exact(tmp_path):
-    full = _trainer(tmp_path / "full").fit()
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.8, "ema_every": 2}], ids=["plain", "ema"])
+def test_resume_is_exact(tmp_path, averaging):
+    full = _trainer(tmp_path / "full", **averaging).fit()
 
     # the same run, stopped after 11 steps (mid-epoch; checkpoint every 5 steps -> last at step 10)
     class StopAt(Callback):  # what Ctrl-C does: stop after the current step, then checkpoint
@@ -65,14 +67,20 @@ def test_resume_is_exact(tmp_path):
                 trainer.stop_reason = "interrupted"
 
     run = tmp_path / "part"
-    part = _trainer(run, callbacks=[JsonlLogger(run / "metrics.jsonl"), Checkpointer(5), StopAt()])
+    cbs = [JsonlLogger(run / "metrics.jsonl"), Checkpointer(5), StopAt()]
+    part = _trainer(run, callbacks=cbs, **averaging)
     part.fit()
     assert part.last_checkpoint.name == "step_00000011"
-    resumed = _trainer(tmp_path / "part")
+    resumed = _trainer(tmp_path / "part", **averaging)
     resumed.fit(resume=tmp_path / "part")
     assert resumed.step == full.step == 24
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+    if averaging:  # the raw training weights went on exactly too
+        raw_full, raw_resumed = full.average.training_state(), resumed.average.training_state()
+        for k, a in raw_full.items():
+            assert torch.equal(a, raw_resumed[k]), k
+        assert full.average.updates == resumed.average.updates == 12
     # the metrics file of the resumed run reads like one clean run
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["split"] == "train"]
@@ -163,6 +171,30 @@ def test_batches_are_a_pure_function_of_seed_epoch_and_index(levels):
     b = TensorBatches(torch.arange(10.0).unsqueeze(1), 5, seed=0, rank=1, world=2)
     xa, xb = torch.cat(list(a.epoch(0))), torch.cat(list(b.epoch(0)))
     assert sorted(torch.cat([xa, xb]).squeeze(1).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("levels", [False, True], ids=["float-probabilities", "8-bit-levels"])
+def test_prefetched_batches_are_the_same_batches(levels):
+    data = torch.round(DATA * 255) / 255 if levels else DATA
+    ahead = TensorBatches(data, 64, seed=5, transform=dynamic_binarize)
+    inline = TensorBatches(data, 64, seed=5, transform=dynamic_binarize, prefetch=False)
+    assert ahead.prefetch and not inline.prefetch
+    for epoch, start in [(0, 0), (3, 2), (3, 4), (1, 5)]:
+        a, b = list(ahead.epoch(epoch, start)), list(inline.epoch(epoch, start))
+        assert len(a) == len(b) == max(0, 5 - start)
+        assert all(torch.equal(x, y) and x.dtype == torch.float32 for x, y in zip(a, b))
+    # a consumer that stops early, then starts again, gets the right batches
+    it = ahead.epoch(2)
+    first = next(it)
+    it.close()
+    assert torch.equal(first, next(inline.epoch(2)))
+    assert torch.equal(list(ahead.epoch(2, 1))[0], list(inline.epoch(2, 1))[0])
+
+    def broken(batch, seed):
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):  # an error on the worker reaches the consumer
+        list(TensorBatches(data, 64, transform=broken).epoch(0))
 
 
 def test_dynamic_binarization_has_the_right_mean():
@@ -313,3 +345,51 @@ def test_scalar_vector_holds_the_batch_mean_of_every_term():
         expected = torch.stack([loss.detach(), elbo.mean(), out.kl.mean()])
         assert torch.allclose(values, expected)
         assert out.scalars().keys() == {"loss", "elbo", "kl"}
+
+
+def test_parameter_average_follows_its_recurrence():
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = ParameterAverage([("p", p)], decay=0.9, every=2)
+    expected, n = [0.0, 0.0, 0.0], 0
+    for step in range(1, 12):
+        with torch.no_grad():
+            p.copy_(torch.tensor([step, -2.0 * step, step**2], dtype=torch.float32))
+        avg.update(step)
+        if step % 2 == 0:
+            n += 1
+            d = min(0.9**2, (1 + n) / (10 + n))  # the documented warm-up of the decay
+            expected = [d * e + (1 - d) * x for e, x in zip(expected, [step, -2.0 * step, step**2])]
+    assert avg.updates == 5
+    torch.testing.assert_close(avg.averaged_state()["p"], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    raw = p.detach().clone()
+    avg.swap()  # the parameter holds the average, the average holds the raw values, and back again
+    torch.testing.assert_close(p.detach(), torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    assert torch.equal(avg.training_state()["p"], raw)
+    assert torch.equal(avg.averaged_state()["p"], p.detach())
+    with pytest.raises(RuntimeError):
+        avg.update(12)
+    avg.swap()
+    assert torch.equal(p.detach(), raw)
+
+
+def test_weight_averaging_is_what_is_validated_and_checkpointed(tmp_path):
+    class Watch(Callback):  # the weights the model holds while it is being validated
+        def on_eval_end(self, trainer, metrics):
+            self.seen = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            self.averaged = {n: a.clone() for n, a in trainer.average.averaged_state().items()}
+            self.raw = {n: a.clone() for n, a in trainer.average.training_state().items()}
+
+    watch = Watch()
+    t = _trainer(tmp_path, ema_decay=0.9, callbacks=[JsonlLogger(tmp_path / "metrics.jsonl"), Checkpointer(5),
+                                                     watch]).fit()
+    for name, seen in watch.seen.items():
+        assert torch.equal(seen, watch.averaged[name]) and not torch.equal(seen, watch.raw[name]), name
+    c = ckpt.load_checkpoint(tmp_path, with_trainer_state=True)
+    # after fit the model holds the average; checkpoints store it as the weights, the raw ones beside
+    for name, p in t.model.named_parameters():
+        assert torch.equal(c.model_state[name], p.detach()), name
+        assert torch.equal(c.trainer_state[f"raw.{name}"], t.average.training_state()[name]), name
+        assert not torch.equal(c.model_state[name], c.trainer_state[f"raw.{name}"]), name
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    best = ckpt.load_checkpoint(tmp_path / "checkpoints" / "best")
+    assert best.meta["step"] in {r["step"] for r in rows if r["split"] == "valid"}

@@ -84,6 +84,9 @@ class TrainConfig:
     time_limit_min: stop (with a checkpoint) after this many minutes of training (0: no limit).
     compile: run the model's loss through torch.compile.
     threads: torch intra-op threads (0: PyTorch's default).
+    ema_decay: keep an exponential moving average of the weights with this decay per step and use
+        it for validation, checkpoints and everything after training (0: off; 0.999-0.9999 is
+        typical). ``ema_every``: update the average every this many steps (``vaelab.train.averaging``).
     """
 
     epochs: int = 10
@@ -107,9 +110,11 @@ class TrainConfig:
     time_limit_min: float = 0.0
     compile: bool = False
     threads: int = 0
+    ema_decay: float = 0.0
+    ema_every: int = 1
 
     def validate(self, prefix: str) -> None:
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "ema_every"):
             if getattr(self, key) < 1:
                 raise VaelabError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0 or self.lr_final <= 0:
@@ -121,6 +126,9 @@ class TrainConfig:
                 raise VaelabError(f"{prefix}.{key} must be >= 0, got {getattr(self, key)}")
         if self.keep_checkpoints < 1:
             raise VaelabError(f"{prefix}.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0 turns weight averaging off), "
+                              f"got {self.ema_decay}")
 
 
 @dataclass

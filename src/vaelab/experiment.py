@@ -287,7 +287,8 @@ def evaluate_run(
         raise VaelabError(f"dataset {cfg.data.name!r} has no test or validation split to evaluate on")
     torch.manual_seed(cfg.eval.seed)
     t0 = time.perf_counter()
-    result = {"split": split, "checkpoint": str(used), "step": _checkpoint_step(used)}
+    weights = f"averaged (EMA, decay {cfg.train.ema_decay})" if cfg.train.ema_decay else "as trained"
+    result = {"split": split, "checkpoint": str(used), "step": _checkpoint_step(used), "weights": weights}
     terms = mean_loss_terms(model, batches.epoch(0))
     result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
     if hasattr(model, "log_importance_weights"):
@@ -343,6 +344,8 @@ def format_eval(result: dict) -> str:
         lines.append(f"E_q log p(x|z) {result['reconstruction']:.2f} nats")
     if "active_units" in result:
         lines.append(f"active units {result['active_units']} / {result['latent_dim']}")
+    if "weights" in result:
+        lines.append(f"weights      {result['weights']}, step {result.get('step')}")
     if not math.isnan(result.get("seconds", float("nan"))):
         lines.append(f"time         {result['seconds']:.1f} s")
     return "\n".join(lines)

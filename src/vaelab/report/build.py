@@ -64,6 +64,9 @@ _EVAL_LABELS = {
     "ess_mean": "Mean effective sample size",
     "ess_min": "Smallest effective sample size",
     "seconds": "Evaluation time",
+    "weights": "Weights",
+    "checkpoint": "Checkpoint",
+    "step": "Step",
     "nll": "NLL (nats)",
     "perplexity": "Perplexity",
 }

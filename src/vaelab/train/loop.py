@@ -27,6 +27,7 @@ from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import loss_term_sums
 from vaelab.train import checkpoint as ckpt
+from vaelab.train.averaging import ParameterAverage
 from vaelab.train.batching import TensorBatches
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
@@ -219,6 +220,9 @@ class Trainer:
         self.callbacks = list(callbacks) if self.rank == 0 else []
         self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
         self._optimizer_step = FusedAdamStep(self.optimizer)
+        self.average = None
+        if cfg.ema_decay:
+            self.average = ParameterAverage(model.named_parameters(), cfg.ema_decay, cfg.ema_every)
         self.steps_per_epoch = len(train_batches)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.step = 0
@@ -247,6 +251,8 @@ class Trainer:
             return self.last_checkpoint
         self._assert_healthy()
         tensors, optim_info = self._trainer_tensors()
+        if self.average is not None:  # the raw training weights: what a resumed run continues from
+            tensors.update({f"raw.{n}": t for n, t in self.average.training_state().items()})
         meta = {
             **self.meta,
             "step": self.step,
@@ -255,14 +261,22 @@ class Trainer:
             "best_valid": None if math.isinf(self.best_valid) else self.best_valid,
             "evals_without_improvement": self.evals_without_improvement,
             "optimizer": optim_info,
+            "ema_updates": self.average.updates if self.average is not None else None,
         }
         folder = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
-        self.last_checkpoint = ckpt.save_checkpoint(folder, self._raw_model().state_dict(), meta, tensors)
+        self.last_checkpoint = ckpt.save_checkpoint(folder, self.weights_for_use(), meta, tensors)
         for old in ckpt.list_checkpoints(self.run_dir / "checkpoints")[: -self.cfg.keep_checkpoints]:
             import shutil
 
             shutil.rmtree(old, ignore_errors=True)
         return self.last_checkpoint
+
+    def weights_for_use(self) -> dict[str, torch.Tensor]:
+        """The model's state_dict, with the averaged weights when ``train.ema_decay`` is on."""
+        state = self._raw_model().state_dict()
+        if self.average is not None:
+            state.update(self.average.averaged_state())
+        return state
 
     @staticmethod
     def _window_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, float]:
@@ -287,14 +301,27 @@ class Trainer:
             return
         meta = {**self.meta, "step": self.step, "epoch": self.step / self.steps_per_epoch,
                 "best_valid": self.best_valid}
-        ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._raw_model().state_dict(), meta,
+        ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self.weights_for_use(), meta,
                              update_latest=False)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and early-stopping state: training continues exactly."""
         c = ckpt.load_checkpoint(path, with_trainer_state=True)
-        ckpt.load_model_weights(self._raw_model(), c)
+        if self.average is not None and self.average.swapped:
+            self.average.swap()
+        ckpt.load_model_weights(self._raw_model(), c)  # the weights for use: averaged, if averaging was on
         assert c.trainer_state is not None
+        raw = {k[4:]: v for k, v in c.trainer_state.items() if k.startswith("raw.")}
+        if self.average is not None:  # without a saved average it starts from the checkpoint's weights
+            self.average.load(c.model_state, (c.meta.get("ema_updates") or 0) if raw else 0)
+        if raw:
+            params = dict(self._raw_model().named_parameters())
+            if set(raw) != {n for n, p in params.items() if p.requires_grad}:
+                raise VaelabError(f"checkpoint {c.path} has training weights that do not fit this model; "
+                                  "resume with the run's own config")
+            with torch.no_grad():
+                for n, v in raw.items():
+                    params[n].copy_(v)
         state = ckpt.unflatten_optimizer_state(c.trainer_state, c.meta["optimizer"])
         self._optimizer_step.reset()
         try:
@@ -353,6 +380,8 @@ class Trainer:
             torch.set_num_threads(self.cfg.threads)
         if next(self.model.parameters()).device.type == "cpu":
             keep_freed_memory()
+        if self.average is not None and self.average.swapped:  # fit() after fit(): train the raw weights
+            self.average.swap()
         if resume is not None:
             self.load_checkpoint(resume)
         model = self.model
@@ -385,6 +414,8 @@ class Trainer:
                             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
                         self._optimizer_step()
                         self.step += 1
+                        if self.average is not None:
+                            self.average.update(self.step)
                         names, values = out.scalar_vector()
                         sums[names] = sums[names] + values if names in sums else values
                         n_sum += 1
@@ -422,6 +453,8 @@ class Trainer:
             del self._t0
             for cb in self.callbacks:
                 cb.on_train_end(self)
+            if self.average is not None and self.failure is None:
+                self.average.swap()  # the model now holds the averaged weights, as the checkpoints do
         return self
 
     def _sync_stop(self) -> None:
@@ -440,6 +473,15 @@ class Trainer:
         return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
 
     def _validate(self) -> None:
+        if self.average is None:
+            return self._validate_current()
+        self.average.swap()  # validate (and keep as best) the averaged weights
+        try:
+            self._validate_current()
+        finally:
+            self.average.swap()
+
+    def _validate_current(self) -> None:
         metrics = self.evaluate(self.valid_batches)
         self._check_finite(metrics["loss"])
         if metrics["loss"] < self.best_valid:

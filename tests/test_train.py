@@ -173,30 +173,6 @@ def test_batches_are_a_pure_function_of_seed_epoch_and_index(levels):
     assert sorted(torch.cat([xa, xb]).squeeze(1).tolist()) == list(range(10))
 
 
-@pytest.mark.parametrize("levels", [False, True], ids=["float-probabilities", "8-bit-levels"])
-def test_prefetched_batches_are_the_same_batches(levels):
-    data = torch.round(DATA * 255) / 255 if levels else DATA
-    ahead = TensorBatches(data, 64, seed=5, transform=dynamic_binarize)
-    inline = TensorBatches(data, 64, seed=5, transform=dynamic_binarize, prefetch=False)
-    assert ahead.prefetch and not inline.prefetch
-    for epoch, start in [(0, 0), (3, 2), (3, 4), (1, 5)]:
-        a, b = list(ahead.epoch(epoch, start)), list(inline.epoch(epoch, start))
-        assert len(a) == len(b) == max(0, 5 - start)
-        assert all(torch.equal(x, y) and x.dtype == torch.float32 for x, y in zip(a, b))
-    # a consumer that stops early, then starts again, gets the right batches
-    it = ahead.epoch(2)
-    first = next(it)
-    it.close()
-    assert torch.equal(first, next(inline.epoch(2)))
-    assert torch.equal(list(ahead.epoch(2, 1))[0], list(inline.epoch(2, 1))[0])
-
-    def broken(batch, seed):
-        raise ValueError("bad batch")
-
-    with pytest.raises(ValueError, match="bad batch"):  # an error on the worker reaches the consumer
-        list(TensorBatches(data, 64, transform=broken).epoch(0))
-
-
 def test_dynamic_binarization_has_the_right_mean():
     p = torch.full((200, 1000), 0.3)
     x = dynamic_binarize(p, 0)

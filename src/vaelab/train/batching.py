@@ -8,10 +8,8 @@ resumed in the middle of an epoch sees exactly the batches an uninterrupted run 
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -96,17 +94,10 @@ class DynamicBinarize:
         return torch.rand(batch.shape, generator=g, device=batch.device, dtype=batch.dtype).lt_(batch)
 
 
-_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
-
-
 def _binarize_levels(levels: Tensor, seed: int) -> Tensor:
-    """Exact Bernoulli(k / 255) draws for uint8 levels k, as {0, 1} values of the default dtype.
-
-    On the CPU it is NumPy from end to end (single-threaded, and free of the GIL for its bulk work),
-    so it can run on the batch-prefetching thread beside the training step."""
-    dtype = torch.get_default_dtype()
+    """Exact Bernoulli(k / 255) draws for uint8 levels k, as {0, 1} values of the default dtype."""
+    out = torch.empty(levels.shape, dtype=torch.get_default_dtype(), device=levels.device)
     if levels.device.type != "cpu":
-        out = torch.empty(levels.shape, dtype=dtype, device=levels.device)
         g = torch.Generator(device=levels.device).manual_seed(seed)
         u = torch.randint(0, 255, levels.shape, generator=g, device=levels.device, dtype=torch.uint8)
         return torch.lt(u, levels, out=out)
@@ -117,27 +108,10 @@ def _binarize_levels(levels: Tensor, seed: int) -> Tensor:
     while redo.size:
         u[redo] = bits.random_raw(-(-redo.size // 8)).view(np.uint8)[: redo.size]
         redo = redo[u[redo] == 255]
-    u = u.reshape(levels.shape)
-    if dtype not in _NUMPY_FLOATS:
-        return torch.lt(torch.from_numpy(u), levels, out=torch.empty(levels.shape, dtype=dtype))
-    out = np.empty(levels.shape, dtype=_NUMPY_FLOATS[dtype])
-    np.less(u, levels.contiguous().numpy(), out=out)
-    return torch.from_numpy(out)
+    return torch.lt(torch.from_numpy(u).view(levels.shape), levels, out=out)
 
 
 dynamic_binarize = DynamicBinarize()
-
-_PREFETCHER: ThreadPoolExecutor | None = None
-_PREFETCHER_LOCK = threading.Lock()
-
-
-def _prefetcher() -> ThreadPoolExecutor:
-    """The one background thread that prepares the next batch (shared by every ``TensorBatches``)."""
-    global _PREFETCHER
-    with _PREFETCHER_LOCK:
-        if _PREFETCHER is None:
-            _PREFETCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaelab-batches")
-        return _PREFETCHER
 
 
 class TensorBatches:
@@ -146,10 +120,6 @@ class TensorBatches:
     shuffle: a fresh permutation every epoch (seeded by ``seed`` and the epoch).
     transform: ``f(batch, seed) -> batch`` applied to every batch with the batch's own seed; its
         ``prepare(data)``, if it has one, is applied once to the whole dataset first.
-    prefetch: prepare batch b+1 (the row gather and the transform) on a background thread while
-        batch b is being used. None (the default): when the data are on the CPU and there is a
-        transform; on CUDA the transform's kernels are asynchronous anyway. The batches are the
-        same either way: each is a pure function of (seed, epoch, index).
     rank, world: for data-parallel runs each process takes every ``world``-th row of the epoch's
         permutation, so the processes see disjoint shards of equal size.
     """
@@ -166,7 +136,6 @@ class TensorBatches:
         device: torch.device | str | None = None,
         rank: int = 0,
         world: int = 1,
-        prefetch: bool | None = None,
     ):
         if data.shape[0] == 0:
             raise ValueError("cannot batch an empty tensor")
@@ -179,8 +148,6 @@ class TensorBatches:
         self.seed = seed
         self.transform = transform
         self.rank, self.world = rank, world
-        auto = self.data.device.type == "cpu" and transform is not None
-        self.prefetch = auto if prefetch is None else prefetch
         per_rank = data.shape[0] // world if world > 1 else data.shape[0]
         self.n_rows = per_rank
         n = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
@@ -203,23 +170,14 @@ class TensorBatches:
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Tensor]:
         """Batches ``start, start+1, ...`` of epoch ``epoch``."""
         order = self._order(epoch)
-        stop = min(self.n_batches, -(-order.numel() // self.batch_size))
-        if not self.prefetch:
-            for b in range(start, stop):
-                yield self._batch(order, epoch, b)
-            return
-        pool = _prefetcher()
-        pending = pool.submit(self._batch, order, epoch, start) if start < stop else None
-        for b in range(start, stop):
-            batch = pending.result()
-            pending = pool.submit(self._batch, order, epoch, b + 1) if b + 1 < stop else None
+        for b in range(start, self.n_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if idx.numel() == 0:
+                return
+            batch = self.data.index_select(0, idx)
+            if self.transform is not None:
+                batch = self.transform(batch, batch_seed(self.seed, epoch, b))
             yield batch
-
-    def _batch(self, order: Tensor, epoch: int, b: int) -> Tensor:
-        batch = self.data.index_select(0, order[b * self.batch_size : (b + 1) * self.batch_size])
-        if self.transform is not None:
-            batch = self.transform(batch, batch_seed(self.seed, epoch, b))
-        return batch
 
     def __iter__(self) -> Iterator[Tensor]:
         return self.epoch(0)

@@ -1,0 +1,50 @@
+"""Test ELBO of a run's averaged weights against its raw training weights (latest checkpoint).
+
+A run trained with ``train.ema_decay`` stores the average as the checkpoint's weights
+(``model.safetensors``) and the raw training weights in the trainer state (``raw.*`` in
+``trainer.safetensors``). This evaluates both on the test split with the same seed.
+
+    python benchmarks/averaging_gain.py runs/vae_mnist_v3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from vaelab.errors import VaelabError
+from vaelab.evaluation import mean_loss_terms
+from vaelab.experiment import load_run_model, prepare
+from vaelab.train import checkpoint as ckpt
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run folder trained with train.ema_decay > 0")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        model, cfg, path = load_run_model(args.run, torch.device("cpu"), which="latest")
+        c = ckpt.load_checkpoint(path, with_trainer_state=True)
+    except VaelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    raw = {k[4:]: v for k, v in (c.trainer_state or {}).items() if k.startswith("raw.")}
+    if not raw:
+        print(f"error: {path} holds no raw training weights; was it trained with train.ema_decay?",
+              file=sys.stderr)
+        return 2
+    prep = prepare(cfg, torch.device("cpu"))
+    split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)
+    for name, state in [("averaged", c.model_state), ("raw", raw)]:
+        model.load_state_dict(state, strict=False)
+        torch.manual_seed(args.seed)
+        terms = mean_loss_terms(model, batches.epoch(0))
+        print(f"{path.name} {name:8s} {split} ELBO {terms['elbo']:.3f}  KL {terms['kl']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

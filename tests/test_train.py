@@ -137,6 +137,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in c.model_state.values())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_parameter_is_never_checkpointed(tmp_path, bad):
+    t = _trainer(tmp_path, max_steps=5)
+    t.fit()
+    with torch.no_grad():
+        next(iter(t.model.parameters()))[0, 1] = bad
+    t.step = 6
+    with pytest.raises(VaelabError, match="the loss became nan"):
+        t.save_checkpoint()
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000005"
+
+
 def test_early_stopping(tmp_path):
     t = _trainer(
         tmp_path, epochs=50, eval_every=2, lr=1e-9, lr_final=1e-9, patience=2, callbacks=[EarlyStopping(2)]

@@ -157,6 +157,15 @@ class TensorBatches:
         return self.n_batches
 
     def _order(self, epoch: int) -> Tensor:
+        key = (epoch, self.seed, self.shuffle, self.rank, self.world)
+        cached = getattr(self, "_last_order", None)
+        if cached is not None and cached[0] == key:  # an epoch taken in pieces: permute it once
+            return cached[1]
+        order = self._permutation(epoch)
+        self._last_order = (key, order)
+        return order
+
+    def _permutation(self, epoch: int) -> Tensor:
         n = self.data.shape[0]
         if self.shuffle:
             g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, -1))

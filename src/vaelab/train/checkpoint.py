@@ -248,7 +248,8 @@ def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         if v.shape != ckpt.model_state[k].shape:
             raise VaelabError(
                 f"checkpoint {ckpt.path} does not fit this model: {k} has shape "
-                f"{tuple(ckpt.model_state[k].shape)}, expected {tuple(v.shape)}"
+                f"{tuple(ckpt.model_state[k].shape)}, expected {tuple(v.shape)}; use the run's own "
+                "model settings (drop the --set that changed them) or this model's checkpoint"
             )
     model.load_state_dict(ckpt.model_state)
 

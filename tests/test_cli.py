@@ -114,6 +114,7 @@ def _run_cli(*args, env=None):
         (["train", SMOKE, "--set", "model.latent_dim=-2"], "model.latent_dim must be a positive integer"),
         (["train", "missing.toml"], "config file missing.toml not found"),
         (["train", SMOKE, "--set", "data.name=nosuchset"], "unknown dataset 'nosuchset'"),
+        (["train", SMOKE, "--set", "data.name=ap"], "'ap' is a text corpus"),
         (["train", SMOKE, "--device", "cuda"], "no CUDA GPU is visible"),
         (["eval", "runs/does-not-exist"], "does not exist"),
     ],

@@ -117,6 +117,24 @@ def test_download_success_is_verified_and_idempotent(
     assert messages[-1] == "frey: frey_rawface.mat already present and verified" and len(urls) == 1
 
 
+def test_ap_corpus_downloads_verified_and_loads_for_lda(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
+) -> None:
+    from vaelab.vi.corpus import load_ap
+
+    ds = get_dataset("ap")
+    serve(monkeypatch, {f.urls[0]: (data_root / "ap" / f.name).read_bytes() for f in ds.files})
+    messages: list[str] = []
+    download_dataset(ds, tmp_path, log=messages.append)
+    assert [m for m in messages if "downloaded" in m] == [
+        "ap: ap.dat downloaded and verified", "ap: vocab.txt downloaded and verified"]
+    corpus = load_ap(tmp_path)
+    assert (corpus.n_docs, corpus.n_terms, corpus.n_tokens) == (2246, 10473, 435838)
+    # it is a corpus, not images: an image model is refused with the way to use it
+    with pytest.raises(VaelabError, match=r"'ap' is a text corpus .*`vaelab lda ap`"):
+        load_dataset(DataConfig(name="ap"), root=tmp_path)
+
+
 def test_bad_mirror_falls_through_to_the_next(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
@@ -246,7 +264,7 @@ def test_cli_data_list_on_the_real_root(capsys: pytest.CaptureFixture, data_root
     assert main(["data", "list", "--root", str(data_root)]) == 0
     out = capsys.readouterr().out
     assert f"data root: {data_root}" in out
-    for name in ("mnist", "binarized_mnist", "frey", "cifar10"):
+    for name in ("mnist", "binarized_mnist", "frey", "cifar10", "ap"):
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert "present, verified" in line and str(data_root / get_dataset(name).folder) in line
     assert "digits" in out and "folder:PATH" in out and "npy:PATH" in out

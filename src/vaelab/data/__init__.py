@@ -13,7 +13,7 @@ from pathlib import Path
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from . import cifar10, digits, folder, frey, mnist, npy  # noqa: F401  (importing registers them)
+from . import ap, cifar10, digits, folder, frey, mnist, npy  # noqa: F401  (importing registers them)
 from .base import BINARIZE_MODES, TEST_SPLIT_SEED, DataBundle, ImageSplits, binarize, finish
 from .download import download, download_dataset
 from .registry import (

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from vaelab.data.ap import AP_FILES
 from vaelab.data.registry import data_root
 from vaelab.errors import VaelabError
 
@@ -38,10 +39,8 @@ __all__ = [
 ]
 
 # The AP sample of Blei's lda-c (../shared/data/README.md, section 7).
-AP_SHA256 = {
-    "ap.dat": "c9b946b6cdb2c6e876198ae227afb573df023db84fb53a9d2b31c0d59224fea1",
-    "vocab.txt": "fbf0d0f836cb2b0360bd3cae0f71c2f34b140b1dd8dd0d0bdb618a64704337f6",
-}
+# The files and their checksums are those of the data registry's entry (vaelab.data.ap).
+AP_SHA256 = {f.name: f.sha256 for f in AP_FILES}
 AP_SHAPE = {"docs": 2246, "vocab": 10473, "tokens": 435838}
 
 _LINE = re.compile(r"^\s*(\d+)((?:\s+\d+:\d+)*)\s*$")
@@ -195,7 +194,8 @@ def load_ap(root: str | Path | None = None) -> Corpus:
         _need_file(
             folder / fname,
             "AP corpus file",
-            "set VAELAB_DATA to the folder holding ap/ap.dat and ap/vocab.txt (Blei's lda-c ap.tgz)",
+            "run `vaelab data download ap`, or set VAELAB_DATA to the folder holding ap/ap.dat and "
+            "ap/vocab.txt (Blei's lda-c ap.tgz)",
         )
     return load_ldac(folder / "ap.dat", folder / "vocab.txt", sha256=AP_SHA256, name="ap")
 

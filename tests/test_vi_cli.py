@@ -21,6 +21,27 @@ def _run_folder_ok(run):
     json.loads((run / "config.json").read_text())
     page = (run / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+    # `vaelab report` writes the same page again from the folder alone
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").read_text() == page
+
+
+def test_report_of_a_vi_folder_without_its_page_source_is_refused_and_left_alone(tmp_path, capsys):
+    run = tmp_path / "kl"
+    assert main(["kl", "--out", str(run)]) == 0
+    page = (run / "report.html").read_bytes()
+    (run / "report.json").unlink()  # as a folder from an earlier version
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "written by `vaelab kl`" in err[-1]
+    assert "run that command again" in err[-1]
+    assert (run / "report.html").read_bytes() == page
+    assert main(["kl", "--out", str(run)]) == 0  # its page source back; then a lost figure
+    next((run / "figures" / "page").iterdir()).unlink()
+    assert main(["report", str(run)]) == 2
+    assert "cannot rebuild the report" in capsys.readouterr().err
+    assert (run / "report.html").read_bytes() == page
 
 
 def test_kl_command(tmp_path, capsys):

@@ -109,7 +109,7 @@ def kl_cmd(args: argparse.Namespace) -> int:
     import torch
 
     from vaelab.divergences import kl_gaussian
-    from vaelab.report.html import Section, table_html, write_page
+    from vaelab.report.html import Section, table_html, write_run_page
     from vaelab.vi import gaussian2d as g2
     from vaelab.vi.kl_examples import EXAMPLE2_P, contribution_table, example2_candidates, kl_argmin
 
@@ -199,8 +199,8 @@ def kl_cmd(args: argparse.Namespace) -> int:
             ],
         ),
     ]
-    page = write_page(
-        run / "report.html", "KL(q‖p) as an objective", sections, subtitle=_command_line("kl", args)
+    page = write_run_page(
+        run, "KL(q‖p) as an objective", sections, subtitle=_command_line("kl", args)
     )
     print(f"\nreport: {page}")
     return 0
@@ -250,7 +250,7 @@ def lda_cmd(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from vaelab.report.html import Section, table_html, write_page
+    from vaelab.report.html import Section, table_html, write_run_page
     from vaelab.vi.corpus import resolve_corpus
     from vaelab.vi.lda import (
         BatchLDA,
@@ -416,8 +416,8 @@ def lda_cmd(args: argparse.Namespace) -> int:
             [(png_elbo, "ELBO per word after every pass"), (png_theta, "held-out topic proportions")],
         ),
     ]
-    page = write_page(
-        run / "report.html", f"LDA on {corpus.name}", sections, subtitle=_command_line("lda", args)
+    page = write_run_page(
+        run, f"LDA on {corpus.name}", sections, subtitle=_command_line("lda", args)
     )
     print(f"\nmodel: {run / 'model'}\nreport: {page}")
     return 0
@@ -458,7 +458,7 @@ def _ising_args(p: argparse.ArgumentParser) -> None:
 def ising_cmd(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vaelab.report.html import Section, table_html, write_page
+    from vaelab.report.html import Section, table_html, write_run_page
     from vaelab.vi.ising import MAX_TRANSFER_WIDTH, ising_table, plot_bound_vs_coupling
 
     sizes = _sizes(args.sizes)
@@ -504,8 +504,8 @@ def ising_cmd(args: argparse.Namespace) -> int:
         ),
         Section("Bound against coupling strength", "", [(png, "log Z (solid) and ELBO (dashed) per spin")]),
     ]
-    page = write_page(
-        run / "report.html", "Ising model: mean field vs exact", sections, _command_line("ising", args)
+    page = write_run_page(
+        run, "Ising model: mean field vs exact", sections, _command_line("ising", args)
     )
     print(f"\nfigure: {run / 'figures' / 'logz_vs_coupling.png'}\nreport: {page}")
     return 0

@@ -30,7 +30,17 @@ import numpy as np
 
 from vaelab.errors import VaelabError
 from vaelab.report import plots
-from vaelab.report.html import Section, figure_png, image_mime, note_html, pre_html, table_html, write_page
+from vaelab.report.html import (
+    PAGE_SOURCE,
+    Section,
+    figure_png,
+    image_mime,
+    note_html,
+    pre_html,
+    rebuild_run_page,
+    table_html,
+    write_page,
+)
 
 __all__ = ["build_report", "read_metrics", "FIGURE_FILES"]
 
@@ -355,6 +365,13 @@ def _command(run: Path) -> Section:
 # ----------------------------------------------------------------------------------------------- build
 
 
+def _first_words(path: Path, n: int = 2) -> str:
+    try:
+        return " ".join(path.read_text(encoding="utf-8").split()[:n]) or "its command"
+    except OSError:
+        return "its command"
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html``, one self-contained page (every image embedded), and return its path.
 
@@ -370,11 +387,19 @@ def build_report(run_dir: str | Path) -> Path:
             f"{run} has no config.json, so it is not a vaelab run folder: {_TRAIN_HINT.format(run=run)}"
         )
 
+    if (run / PAGE_SOURCE).is_file():  # a page made by vaelab kl / lda / ising: its own source
+        return rebuild_run_page(run)
     config_note = ""
     try:
         config = _read_json(run / "config.json")
     except (OSError, ValueError) as e:
         config, config_note = None, f"config.json could not be read: {e}"
+    if isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
+        # a folder of vaelab kl / lda / ising from before pages kept their source: leave its page
+        raise VaelabError(
+            f"{run} was written by `{_first_words(run / 'command.txt')}`, whose report this version "
+            "cannot rebuild from the folder; run that command again to write it"
+        )
     ev_note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
     try:
         ev = _read_json(run / "eval.json")

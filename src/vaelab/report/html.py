@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import sys
 import tempfile
@@ -28,7 +29,14 @@ __all__ = [
     "table_html",
     "render_page",
     "write_page",
+    "write_run_page",
+    "rebuild_run_page",
+    "PAGE_SOURCE",
 ]
+
+PAGE_SOURCE = "report.json"
+"""A page's source in a run folder: title, subtitle and sections, their figures as files beside it."""
+_PAGE_FORMAT = "vaelab-page"
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -146,21 +154,65 @@ def render_page(title: str, sections: Sequence[Section], subtitle: str = "") -> 
     return "\n".join(parts)
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_page(path: str | Path, title: str, sections: Sequence[Section], subtitle: str = "") -> Path:
     """Write the page atomically (a temp file in the same folder, then rename) and return its path.
 
     A reader never sees a half-written page, and an interrupted write leaves the previous one intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_page(title, sections, subtitle)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, render_page(title, sections, subtitle).encode("utf-8"))
     return path
+
+
+def write_run_page(run: str | Path, title: str, sections: Sequence[Section], subtitle: str = "") -> Path:
+    """``run/report.html``, and its source (``report.json``, figures in ``figures/page/``) so that
+    ``vaelab report RUN`` can write the page again from the run folder alone. For commands whose
+    page is made of results computed in memory (``vaelab kl``, ``lda``, ``ising``)."""
+    run = Path(run)
+    spec: dict[str, Any] = {"format": _PAGE_FORMAT, "version": 1, "title": title, "subtitle": subtitle,
+                            "sections": []}
+    for i, s in enumerate(sections):
+        figures = []
+        for j, (png, caption) in enumerate(s.figures):
+            rel = f"figures/page/section{i:02d}_{j:02d}.{(image_mime(png) or 'image/png').split('/')[-1]}"
+            _write_atomic(run / rel, png)
+            figures.append({"file": rel, "caption": caption})
+        spec["sections"].append({"title": s.title, "body": s.body, "figures": figures})
+    _write_atomic(run / PAGE_SOURCE, (json.dumps(spec, indent=1) + "\n").encode("utf-8"))
+    return write_page(run / "report.html", title, sections, subtitle)
+
+
+def rebuild_run_page(run: str | Path) -> Path:
+    """Write ``run/report.html`` again from ``run/report.json`` (see :func:`write_run_page`)."""
+    from vaelab.errors import VaelabError
+
+    run = Path(run)
+    source = run / PAGE_SOURCE
+    try:
+        spec = json.loads(source.read_text(encoding="utf-8"))
+        if not isinstance(spec, dict) or spec.get("format") != _PAGE_FORMAT:
+            raise ValueError(f"no format {_PAGE_FORMAT!r}")
+        sections = []
+        for s in spec["sections"]:
+            figures = [((run / f["file"]).read_bytes(), str(f["caption"])) for f in s["figures"]]
+            sections.append(Section(str(s["title"]), str(s["body"]), figures))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VaelabError(
+            f"cannot rebuild the report of {run}: {source.name} or a figure it names is unreadable "
+            f"({exc}); run the command in {run / 'command.txt'} again"
+        ) from None
+    return write_page(run / "report.html", str(spec["title"]), sections, str(spec.get("subtitle", "")))

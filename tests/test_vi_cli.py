@@ -138,3 +138,51 @@ def test_lda_command_same_seed_same_numbers(tmp_path, capsys):
     assert results[0] == results[1]
     a, b = (LDAModel.load(tmp_path / n / "model") for n in ("a", "b"))
     np.testing.assert_array_equal(a.lam, b.lam)
+
+
+def test_vi_presets_are_valid_settings_of_their_command():
+    from pathlib import Path
+
+    from vaelab.cli import build_parser, config_file_values
+
+    parser = build_parser()
+    presets = sorted(Path("configs/vi").glob("*.toml"))
+    assert {p.stem.split("_")[0] for p in presets} >= {"lda", "ising"}
+    for p in presets:
+        values = config_file_values(str(p), parser.subcommands[p.stem.split("_")[0]])
+        assert values and "out" in values, p
+
+
+def test_config_file_settings_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "is.toml"
+    cfg.write_text('sizes = "2x2"\ncouplings = "0,0.5"\nstrip = "2x6"\nfield = 0\n'
+                   f'out = "{tmp_path / "from-file"}"\n')
+    # the file's settings, with --couplings from the command line winning
+    assert main(["ising", "--config", str(cfg), "--couplings", "0.25"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("2x2")]
+    assert [float(r[1]) for r in rows] == [0.25]
+    command = (tmp_path / "from-file" / "command.txt").read_text()
+    assert "--sizes 2x2" in command and "--couplings 0.25" in command and "--config" not in command
+    assert json.loads((tmp_path / "from-file" / "config.json").read_text())["field"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("topcs = 5\n", "unknown setting 'topcs' for `vaelab lda`; known settings: alpha, batch-size"),
+        ('topics = "many"\n', "topics must be an integer, got 'many'"),
+        ("topics = 2.5\n", "topics must be an integer, got 2.5"),
+        ('mode = "sideways"\n', "mode must be one of batch, online, got 'sideways'"),
+        ('fixed-alpha = "yes"\n', "fixed-alpha must be true or false"),
+        ("[lda]\ntopics = 5\n", "unknown setting 'lda'"),
+        ("topics = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('corpus = "ap"\n' + text if not text.startswith("[") else text)
+    assert main(["lda", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "x").exists()

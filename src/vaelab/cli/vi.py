@@ -24,13 +24,18 @@ from vaelab.errors import VaelabError
 def _seed_out(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default=None, help=f"run folder (default {default_out})")
+    p.add_argument("--config", dest="config_file", default=None, metavar="FILE.toml",
+                   help="read settings from a TOML file (keys are the option names, e.g. topics = 20); "
+                   "options given here override it")
 
 
 def _command_line(name: str, args: argparse.Namespace) -> str:
     """The command as a user would type it, rebuilt from the parsed arguments."""
     parts = ["vaelab", name]
     for key, value in vars(args).items():
-        if key.startswith("_") or key == "command" or value is None or (value is False and key != "progress"):
+        if key.startswith("_") or key in ("command", "config_file") or value is None or (
+            value is False and key != "progress"
+        ):
             continue
         if key == "corpus":
             parts.insert(2, str(value))
@@ -213,8 +218,9 @@ def kl_cmd(args: argparse.Namespace) -> int:
 def _lda_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "corpus",
+        nargs="?",
         help="'ap' (the AP corpus in $VAELAB_DATA/ap), an lda-c .dat file with vocab.txt beside it, "
-        "or a text file with one document per line",
+        "or a text file with one document per line (or corpus = ... in --config)",
     )
     p.add_argument("--topics", type=int, default=20, help="number of topics K (default 20)")
     p.add_argument(
@@ -261,6 +267,10 @@ def lda_cmd(args: argparse.Namespace) -> int:
         unigram_perplexity,
     )
 
+    if not args.corpus:
+        raise VaelabError(
+            'no corpus: name one (e.g. `vaelab lda ap`) or set corpus = "ap" in the --config file'
+        )
     corpus = resolve_corpus(args.corpus)
     if args.max_docs is not None:
         if args.max_docs < 2:

@@ -418,3 +418,28 @@ def test_training_curves_fall_back_to_step_and_reject_rows_without_numbers() -> 
     assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "step"
     with pytest.raises(ValueError, match="no numeric quantity"):
         training_curves([{"split": "train", "step": 1, "epoch": 0.1, "note": "x"}])
+
+
+def test_a_run_page_is_rebuilt_from_its_source_with_figures_saved_once(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from vaelab.report import build_report
+    from vaelab.report.html import Section, rebuild_run_page, write_run_page
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    saved_png, new_png = figure_png(fig), figure_png(fig, dpi=50)
+    plt.close(fig)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "line.png").write_bytes(saved_png)
+    (tmp_path / "config.json").write_text('{"name": "x"}')
+    plots = Section("Plots", "", [(saved_png, "saved"), (new_png, "new")])
+    sections = [Section("Table", "<p>a &amp; b</p>"), plots]
+    page = write_run_page(tmp_path, "A page", sections, "vaelab x --seed 1").read_text()
+    spec = json.loads((tmp_path / "report.json").read_text())
+    files = [f["file"] for f in spec["sections"][1]["figures"]]
+    assert files == ["figures/line.png", "figures/page/section01_01.png"]
+    assert (tmp_path / "figures" / "page" / "section01_01.png").read_bytes() == new_png
+    (tmp_path / "report.html").unlink()
+    assert rebuild_run_page(tmp_path).read_text() == page
+    assert build_report(tmp_path).read_text() == page  # `vaelab report` takes the same path

@@ -38,7 +38,11 @@ def test_report_of_a_vi_folder_without_its_page_source_is_refused_and_left_alone
     assert "run that command again" in err[-1]
     assert (run / "report.html").read_bytes() == page
     assert main(["kl", "--out", str(run)]) == 0  # its page source back; then a lost figure
-    next((run / "figures" / "page").iterdir()).unlink()
+    spec = json.loads((run / "report.json").read_text())
+    figures = [f["file"] for sec in spec["sections"] for f in sec["figures"]]
+    assert figures == ["figures/example3_fits.png"]  # the saved figure, referenced, not copied
+    assert not (run / "figures" / "page").exists()
+    (run / figures[0]).unlink()
     assert main(["report", str(run)]) == 2
     assert "cannot rebuild the report" in capsys.readouterr().err
     assert (run / "report.html").read_bytes() == page

@@ -8,6 +8,7 @@ opens the same in any browser, offline, e-mailed or copied out of the run folder
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -179,17 +180,23 @@ def write_page(path: str | Path, title: str, sections: Sequence[Section], subtit
 
 
 def write_run_page(run: str | Path, title: str, sections: Sequence[Section], subtitle: str = "") -> Path:
-    """``run/report.html``, and its source (``report.json``, figures in ``figures/page/``) so that
-    ``vaelab report RUN`` can write the page again from the run folder alone. For commands whose
-    page is made of results computed in memory (``vaelab kl``, ``lda``, ``ising``)."""
+    """``run/report.html``, and its source (``report.json``; figures not already in ``figures/`` go
+    to ``figures/page/``), so that ``vaelab report RUN`` can write the page again from the run
+    folder alone. For commands whose page is made of results computed in memory (``vaelab kl``,
+    ``lda``, ``ising``)."""
     run = Path(run)
+    # a figure the command already saved in figures/ is referenced there, not written twice
+    saved = {hashlib.sha256(f.read_bytes()).digest(): f"figures/{f.name}"
+             for f in sorted((run / "figures").glob("*")) if f.is_file()}
     spec: dict[str, Any] = {"format": _PAGE_FORMAT, "version": 1, "title": title, "subtitle": subtitle,
                             "sections": []}
     for i, s in enumerate(sections):
         figures = []
         for j, (png, caption) in enumerate(s.figures):
-            rel = f"figures/page/section{i:02d}_{j:02d}.{(image_mime(png) or 'image/png').split('/')[-1]}"
-            _write_atomic(run / rel, png)
+            rel = saved.get(hashlib.sha256(png).digest())
+            if rel is None:
+                rel = f"figures/page/section{i:02d}_{j:02d}.{(image_mime(png) or 'image/png').split('/')[-1]}"
+                _write_atomic(run / rel, png)
             figures.append({"file": rel, "caption": caption})
         spec["sections"].append({"title": s.title, "body": s.body, "figures": figures})
     _write_atomic(run / PAGE_SOURCE, (json.dumps(spec, indent=1) + "\n").encode("utf-8"))

@@ -46,6 +46,7 @@ def test_overrides_are_typed():
         ({"model": {"name": "nope"}}, "unknown model 'nope'"),
         ({"model": {}}, "no model.name"),
         ({"model": {"name": "vae"}, "trian": {}}, r"unknown config section \[trian\]"),
+        ({"corpus": "ap", "topics": 20}, "'corpus' is a top-level setting, not a section"),
         ({"model": {"name": "vae"}, "data": {"valid_size": -0.1}}, "data.valid_size must be >= 0"),
         ({"model": {"name": "vae"}, "train": {"batch_size": 0}}, "train.batch_size must be >= 1"),
         ({"model": {"name": "vae"}, "train": {"ema_decay": 1.0}}, r"train.ema_decay must be in \[0, 1\)"),

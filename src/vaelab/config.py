@@ -250,6 +250,12 @@ def config_from_dict(data: dict) -> RunConfig:
 
     data = dict(data)
     unknown = sorted(set(data) - {"model", "data", "train", "eval", "name"})
+    if unknown and not isinstance(data[unknown[0]], dict):  # e.g. a file of `vaelab lda` options
+        raise VaelabError(
+            f"{unknown[0]!r} is a top-level setting, not a section, so this is not a run config (sections "
+            "are [model], [data], [train], [eval]); a file of a command's options goes to "
+            "`vaelab kl|lda|ising --config FILE`"
+        )
     if unknown:
         raise VaelabError(
             f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval]"

@@ -80,7 +80,7 @@ def test_resume_is_exact(tmp_path, averaging):
         raw_full, raw_resumed = full.average.training_state(), resumed.average.training_state()
         for k, a in raw_full.items():
             assert torch.equal(a, raw_resumed[k]), k
-        assert full.average.updates == resumed.average.updates == 12
+        assert full.average.updates == resumed.average.updates == 13  # steps 1, 2, 4, ..., 24
     # the metrics file of the resumed run reads like one clean run
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["split"] == "train"]
@@ -342,12 +342,12 @@ def test_parameter_average_follows_its_recurrence():
     for step in range(1, 12):
         with torch.no_grad():
             p.copy_(torch.tensor([step, -2.0 * step, step**2], dtype=torch.float32))
-        avg.update(step)
-        if step % 2 == 0:
+        avg.update(step, last=step == 11)
+        if step % 2 == 0 or step in (1, 11):  # every 2 steps, and the first and the last
             n += 1
             d = min(0.9**2, (1 + n) / (10 + n))  # the documented warm-up of the decay
             expected = [d * e + (1 - d) * x for e, x in zip(expected, [step, -2.0 * step, step**2])]
-    assert avg.updates == 5
+    assert avg.updates == 7
     torch.testing.assert_close(avg.averaged_state()["p"], torch.tensor(expected), rtol=1e-6, atol=1e-6)
     raw = p.detach().clone()
     avg.swap()  # the parameter holds the average, the average holds the raw values, and back again
@@ -381,3 +381,12 @@ def test_weight_averaging_is_what_is_validated_and_checkpointed(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     best = ckpt.load_checkpoint(tmp_path / "checkpoints" / "best")
     assert best.meta["step"] in {r["step"] for r in rows if r["split"] == "valid"}
+
+
+def test_weight_averaging_of_a_run_shorter_than_its_update_interval(tmp_path):
+    t = _trainer(tmp_path, max_steps=5, ema_decay=0.99, ema_every=10)
+    init = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    t.fit()
+    assert t.average.updates == 2  # after the first step and after the last one
+    for name, p in t.model.named_parameters():  # after fit the model holds the average
+        assert not torch.equal(p.detach(), init[name]), name

@@ -6,7 +6,8 @@ the average beside the parameters, validates with it, writes it as the checkpoin
 ``vaelab eval``, ``sample`` and ``report`` use it without knowing) and keeps the raw training
 weights in the trainer state, so that a resumed run continues exactly.
 
-The update ``a <- a + (1 - d) (p - a)`` runs every ``every`` optimizer steps with
+The update ``a <- a + (1 - d) (p - a)`` runs every ``every`` optimizer steps (and after the first
+and the last step of a run) with
 ``d = min(decay ** every, (1 + n) / (10 + n))`` after ``n`` updates: early on, when the decay would
 mostly remember the random initialisation, the average follows the parameters more closely.
 Updating every few steps with the decay raised to that power averages over the same horizon at a
@@ -52,9 +53,11 @@ class ParameterAverage:
         return 1.0 - min(self.decay**self.every, (1.0 + n) / (10.0 + n))
 
     @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Call after optimizer step number ``step`` (1-based); updates when ``step % every == 0``."""
-        if step % self.every:
+    def update(self, step: int, last: bool = False) -> None:
+        """Call after optimizer step number ``step`` (1-based). Updates when ``step % every == 0``,
+        and also on the first call and on the run's ``last`` step, so that the average never
+        stands at the initial weights, nor lags behind the end of a run shorter than ``every``."""
+        if step % self.every and self.updates and not last:
             return
         if self.swapped:
             raise RuntimeError("ParameterAverage.update while the parameters hold the average")

@@ -416,7 +416,7 @@ class Trainer:
                         self._optimizer_step()
                         self.step += 1
                         if self.average is not None:
-                            self.average.update(self.step)
+                            self.average.update(self.step, last=self.step == self.total_steps)
                         names, values = out.scalar_vector()
                         sums[names] = sums[names] + values if names in sums else values
                         n_sum += 1

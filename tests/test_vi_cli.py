@@ -151,7 +151,7 @@ def test_vi_presets_are_valid_settings_of_their_command():
 
     parser = build_parser()
     presets = sorted(Path("configs/vi").glob("*.toml"))
-    assert {p.stem.split("_")[0] for p in presets} >= {"lda", "ising"}
+    assert {p.stem.split("_")[0] for p in presets} == {"kl", "lda", "ising"}
     for p in presets:
         values = config_file_values(str(p), parser.subcommands[p.stem.split("_")[0]])
         assert values and "out" in values, p
@@ -169,6 +169,11 @@ def test_config_file_settings_and_overrides(tmp_path, capsys):
     command = (tmp_path / "from-file" / "command.txt").read_text()
     assert "--sizes 2x2" in command and "--couplings 0.25" in command and "--config" not in command
     assert json.loads((tmp_path / "from-file" / "config.json").read_text())["field"] == 0.0
+    capsys.readouterr()
+    assert main(["kl", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "not found; pass a TOML file such as configs/vi/kl.toml" in capsys.readouterr().err
+    assert main(["ising", "--config", str(tmp_path)]) == 2
+    assert "is a folder; pass a TOML file such as configs/vi/ising.toml" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -308,10 +308,12 @@ def apply_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
-def read_toml(path: str | Path) -> dict:
+def read_toml(path: str | Path, example: str = "configs/vae_digits.toml") -> dict:
+    """A TOML file as a dict; a missing or malformed file is a VaelabError (``example`` names a good one)."""
     path = Path(path)
     if not path.is_file():
-        raise VaelabError(f"config file {path} not found; pass a TOML file such as configs/vae_digits.toml")
+        what = "is a folder" if path.is_dir() else "not found"
+        raise VaelabError(f"config file {path} {what}; pass a TOML file such as {example}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

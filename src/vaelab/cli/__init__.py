@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from vaelab.errors import VaelabError
 
@@ -84,7 +85,8 @@ def config_file_values(path: str, parser: argparse.ArgumentParser) -> dict:
     """
     from vaelab.config import read_toml
 
-    data = read_toml(path)
+    presets = sorted(Path("configs/vi").glob(f"{parser.prog.split()[-1]}*.toml"))
+    data = read_toml(path, example=str(presets[0]) if presets else "configs/vi/lda_ap.toml")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config_file", "_run")}
     values = {}
     for key, value in data.items():

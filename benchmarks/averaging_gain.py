@@ -18,6 +18,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation import mean_loss_terms
 from vaelab.experiment import load_run_model, prepare
 from vaelab.train import checkpoint as ckpt
+from vaelab.train.averaging import raw_weights
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     except VaelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    raw = {k[4:]: v for k, v in (c.trainer_state or {}).items() if k.startswith("raw.")}
+    raw = raw_weights(c.trainer_state)
     if not raw:
         print(f"error: {path} holds no raw training weights; was it trained with train.ema_decay?",
               file=sys.stderr)

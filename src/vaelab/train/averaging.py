@@ -21,7 +21,20 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParameterAverage"]
+__all__ = ["ParameterAverage", "raw_weights", "raw_weight_tensors"]
+
+RAW_PREFIX = "raw."
+"""Trainer-state key prefix of the raw training weights saved beside an averaged checkpoint."""
+
+
+def raw_weight_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Name -> tensor as trainer-state entries: ``raw.<name>``."""
+    return {RAW_PREFIX + n: t for n, t in state.items()}
+
+
+def raw_weights(trainer_state: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """The raw training weights in a checkpoint's trainer state (empty when it was not averaged)."""
+    return {k[len(RAW_PREFIX):]: v for k, v in (trainer_state or {}).items() if k.startswith(RAW_PREFIX)}
 
 
 class ParameterAverage:
@@ -65,6 +78,11 @@ class ParameterAverage:
         self.updates += 1
         torch._foreach_lerp_(self.average, [p.detach() for p in self.params], w)
 
+    def unswap(self) -> None:
+        """Make sure the parameters hold the training weights (after ``swap``, or already)."""
+        if self.swapped:
+            self.swap()
+
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange the values of the parameters and of the average (twice restores both)."""
@@ -87,8 +105,7 @@ class ParameterAverage:
     @torch.no_grad()
     def load(self, averaged: dict[str, Tensor], updates: int) -> None:
         """Set the average (and the update count) from a checkpoint; the parameters are untouched."""
-        if self.swapped:
-            self.swap()
+        self.unswap()
         for n, a in zip(self.names, self.average):
             a.copy_(averaged[n])
         self.updates = int(updates)

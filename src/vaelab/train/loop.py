@@ -27,7 +27,7 @@ from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import loss_term_sums
 from vaelab.train import checkpoint as ckpt
-from vaelab.train.averaging import ParameterAverage
+from vaelab.train.averaging import ParameterAverage, raw_weight_tensors, raw_weights
 from vaelab.train.batching import TensorBatches
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
@@ -252,7 +252,7 @@ class Trainer:
         self._assert_healthy()
         tensors, optim_info = self._trainer_tensors()
         if self.average is not None:  # the raw training weights: what a resumed run continues from
-            tensors.update({f"raw.{n}": t for n, t in self.average.training_state().items()})
+            tensors.update(raw_weight_tensors(self.average.training_state()))
         meta = {
             **self.meta,
             "step": self.step,
@@ -308,11 +308,11 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimizer, step, RNG and early-stopping state: training continues exactly."""
         c = ckpt.load_checkpoint(path, with_trainer_state=True)
-        if self.average is not None and self.average.swapped:
-            self.average.swap()
+        if self.average is not None:
+            self.average.unswap()
         ckpt.load_model_weights(self._raw_model(), c)  # the weights for use: averaged, if averaging was on
         assert c.trainer_state is not None
-        raw = {k[4:]: v for k, v in c.trainer_state.items() if k.startswith("raw.")}
+        raw = raw_weights(c.trainer_state)
         if self.average is not None:  # without a saved average it starts from the checkpoint's weights
             self.average.load(c.model_state, (c.meta.get("ema_updates") or 0) if raw else 0)
         if raw:
@@ -381,8 +381,8 @@ class Trainer:
             torch.set_num_threads(self.cfg.threads)
         if next(self.model.parameters()).device.type == "cpu":
             keep_freed_memory()
-        if self.average is not None and self.average.swapped:  # fit() after fit(): train the raw weights
-            self.average.swap()
+        if self.average is not None:  # fit() after fit(): train the raw weights
+            self.average.unswap()
         if resume is not None:
             self.load_checkpoint(resume)
         model = self.model

@@ -452,9 +452,8 @@ class Trainer:
         finally:
             self.elapsed += time.perf_counter() - self._t0
             del self._t0
-            # the DDP wrapper holds the process group: let it go with the training, so that
-            # destroy_process_group() frees the group (and joins its threads) while Python is
-            # alive, not at interpreter exit, where a still-running gloo thread aborts the process
+            # the DDP wrapper (its gradient buckets, and a reference to the process group) goes with
+            # the training: fit() builds it again when called again
             if self._ddp is not None:
                 self._ddp = self._step_fn = None
             for cb in self.callbacks:

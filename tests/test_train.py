@@ -1,5 +1,6 @@
 """The trainer: exact resume, atomic checkpoints, non-finite losses, early stopping, schedules."""
 
+import copy
 import json
 import math
 import os
@@ -390,3 +391,38 @@ def test_weight_averaging_of_a_run_shorter_than_its_update_interval(tmp_path):
     assert t.average.updates == 2  # after the first step and after the last one
     for name, p in t.model.named_parameters():  # after fit the model holds the average
         assert not torch.equal(p.detach(), init[name]), name
+
+
+def test_fused_adam_step_on_a_column_major_parameter_equals_torch_adam_without_copies():
+    """A parameter stored column-major (InputLinear's weight) is updated through a contiguous
+    permuted view: the same numbers as torch's Adam on a contiguous copy, also after the optimizer
+    state was loaded from a (contiguous) state dict, and its states take the parameter's layout."""
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, 4, generator=g)
+    a = [w0.clone().requires_grad_(), torch.randn(4, generator=g, requires_grad=True)]
+    b = [w0.t().contiguous().t().requires_grad_(), a[1].detach().clone().requires_grad_()]
+    assert not b[0].is_contiguous()
+    ref, opt = torch.optim.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, fused=True)
+    fast = FusedAdamStep(opt)
+
+    def steps(n):
+        for _ in range(n):
+            grads = [torch.randn(p.shape, generator=g) for p in a]
+            for pa, pb, gr in zip(a, b, grads):
+                pa.grad = gr.clone()
+                pb.grad = gr.t().contiguous().t() if pb.dim() == 2 else gr.clone()
+            ref.step()
+            fast()
+
+    steps(4)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # states arrive contiguous
+    fast.reset()
+    with torch.no_grad():
+        b[0].copy_(a[0])
+    steps(4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not b[0].is_contiguous()
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(ref.state[a[0]][key], opt.state[b[0]][key])
+        assert opt.state[b[0]][key].stride() == b[0].stride()
+    assert fast._groups is not None

@@ -80,7 +80,7 @@ class VAE(Model):
             raise VaelabError(f"the MLP VAE models images or vectors, not {spec.kind!r} data")
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
-        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation)
+        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation, data_input=True)
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
@@ -92,8 +92,22 @@ class FusedAdamStep:
                 return None
             if len({(p.device, p.dtype) for p in params}) != 1 or any(p.is_complex() for p in params):
                 return None
-            groups.append((g, params, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-                           [st["max_exp_avg_sq"] for st in states] if g["amsgrad"] else [],
+            # The kernel reads every tensor as one flat array, so it copies a parameter that is
+            # not contiguous (and copies back). A parameter stored in another dense order (such as
+            # InputLinear's column-major weight) is passed as a contiguous permuted view instead:
+            # Adam is elementwise, so this is the same update. Its states are given its layout.
+            orders = [_dense_order(p) for p in params]
+            if any(o is None for o in orders):
+                return None
+            keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if g["amsgrad"] else [])
+            for p, st, order in zip(params, states, orders):
+                for k in keys:
+                    if order and st[k].stride() != p.stride():
+                        st[k] = torch.empty_like(p).copy_(st[k])
+            views = [[_permuted(st[k], o) for st, o in zip(states, orders)] for k in keys]
+            permuted = [(i, o) for i, o in enumerate(orders) if o]
+            groups.append((g, params, [_permuted(p, o) for p, o in zip(params, orders)], permuted,
+                           views[0], views[1], views[2] if g["amsgrad"] else [],
                            [st["step"] for st in states]))
         return groups
 
@@ -109,18 +123,36 @@ class FusedAdamStep:
         if groups is None:
             self.optimizer.step()
             return
+        grads = []
         for group in groups:
-            if any(p.grad is None for p in group[1]):
+            g_list = [p.grad for p in group[1]]
+            if any(gr is None for gr in g_list):
                 self._groups = None
                 self.optimizer.step()
                 return
-        for g, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps in groups:
+            for i, order in group[3]:  # a gradient in another layout than its parameter is copied
+                g_list[i] = g_list[i].permute(order).contiguous()
+            grads.append(g_list)
+        for (g, _, params, _, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), g_list in zip(groups, grads):
             beta1, beta2 = g["betas"]
             kernel = self._kernels[1] if g.get("decoupled_weight_decay") else self._kernels[0]
             torch._foreach_add_(steps, 1)
-            kernel(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            kernel(params, g_list, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                    amsgrad=g["amsgrad"], lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
                    eps=g["eps"], maximize=g["maximize"], grad_scale=None, found_inf=None)
+
+
+def _dense_order(t: Tensor) -> tuple[int, ...] | None:
+    """() when ``t`` is contiguous; else the permutation of its dims that makes it a contiguous
+    view, or None when there is none."""
+    if t.is_contiguous():
+        return ()
+    order = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _permuted(t: Tensor, order: tuple[int, ...]) -> Tensor:
+    return t.permute(order) if order else t
 
 
 class _Interrupt:

@@ -87,8 +87,8 @@ class InputLinear(nn.Linear):
 
 
 def _sparse_rows(x: Tensor, max_density: float):
-    """The non-zeros of a CPU matrix x (B, D), row by row: (mask, (columns, offsets (B + 1), values
-    or None when every non-zero is 1)), or None when x should take the dense product."""
+    """The non-zeros of a CPU matrix x (B, D), row by row: (mask, columns, offsets (B + 1), values
+    or None when every non-zero is 1), or None when x should take the dense product."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
         return None
     a = x.detach().numpy()
@@ -100,7 +100,7 @@ def _sparse_rows(x: Tensor, max_density: float):
     offsets = np.searchsorted(flat, np.arange(0, mask.size + 1, d))
     values = a.ravel()[flat]
     weights = None if bool((values == 1).all()) else torch.from_numpy(values)
-    return mask, (torch.from_numpy(flat % d), torch.from_numpy(offsets), weights)
+    return mask, torch.from_numpy(flat % d), torch.from_numpy(offsets), weights
 
 
 def _sparse_columns(x: Tensor, mask: np.ndarray, binary: bool):
@@ -120,18 +120,17 @@ class _InputLinearFn(torch.autograd.Function):
         wt = weight.t()  # (in, out)
         x = x.contiguous()
         sparse = _sparse_rows(x, max_density)
-        mask, rows = sparse if sparse is not None else (None, None)
-        if rows is None:
+        if sparse is None:
             out = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
         else:
-            cols, offsets, values = rows
+            _, cols, offsets, values = sparse
             out = F.embedding_bag(cols, wt.contiguous(), offsets, mode="sum", per_sample_weights=values,
                                   include_last_offset=True)
             if bias is not None:
                 out.add_(bias)
         ctx.save_for_backward(x, weight)
-        ctx.mask = mask
-        ctx.binary = rows is not None and rows[2] is None
+        ctx.mask = None if sparse is None else sparse[0]
+        ctx.binary = sparse is not None and sparse[3] is None
         ctx.has_bias = bias is not None
         return out
 

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,21 @@ def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.opt
     raise VaelabError(f"unknown optimizer {cfg.optimizer!r}")
 
 
+class _AdamGroup(NamedTuple):
+    """One parameter group as the fused kernel takes it: ``views`` are the parameters as contiguous
+    tensors (``permuted`` lists (index, dim order) of those passed as permuted views), the states
+    are in the same layout."""
+
+    options: dict
+    params: list[Tensor]
+    views: list[Tensor]
+    permuted: list[tuple[int, tuple[int, ...]]]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    max_exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]
+
+
 class FusedAdamStep:
     """``optimizer.step()`` for a fused Adam or AdamW, without torch.optim's per-step Python.
 
@@ -65,7 +80,7 @@ class FusedAdamStep:
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
-        self._groups: list[tuple[dict, list, list, list, list, list]] | None = None
+        self._groups: list[_AdamGroup] | None = None
         kernels = (getattr(torch, "_fused_adam_", None), getattr(torch, "_fused_adamw_", None))
         self._enabled = isinstance(optimizer, torch.optim.Adam) and None not in kernels
         self._kernels = kernels
@@ -106,9 +121,9 @@ class FusedAdamStep:
                         st[k] = torch.empty_like(p).copy_(st[k])
             views = [[_permuted(st[k], o) for st, o in zip(states, orders)] for k in keys]
             permuted = [(i, o) for i, o in enumerate(orders) if o]
-            groups.append((g, params, [_permuted(p, o) for p, o in zip(params, orders)], permuted,
-                           views[0], views[1], views[2] if g["amsgrad"] else [],
-                           [st["step"] for st in states]))
+            groups.append(_AdamGroup(g, params, [_permuted(p, o) for p, o in zip(params, orders)], permuted,
+                                     views[0], views[1], views[2] if g["amsgrad"] else [],
+                                     [st["step"] for st in states]))
         return groups
 
     def reset(self) -> None:
@@ -125,19 +140,20 @@ class FusedAdamStep:
             return
         grads = []
         for group in groups:
-            g_list = [p.grad for p in group[1]]
+            g_list = [p.grad for p in group.params]
             if any(gr is None for gr in g_list):
                 self._groups = None
                 self.optimizer.step()
                 return
-            for i, order in group[3]:  # a gradient in another layout than its parameter is copied
+            for i, order in group.permuted:  # a gradient in another layout than its parameter is copied
                 g_list[i] = g_list[i].permute(order).contiguous()
             grads.append(g_list)
-        for (g, _, params, _, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), g_list in zip(groups, grads):
+        for group, g_list in zip(groups, grads):
+            g = group.options
             beta1, beta2 = g["betas"]
             kernel = self._kernels[1] if g.get("decoupled_weight_decay") else self._kernels[0]
-            torch._foreach_add_(steps, 1)
-            kernel(params, g_list, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            torch._foreach_add_(group.steps, 1)
+            kernel(group.views, g_list, group.exp_avgs, group.exp_avg_sqs, group.max_exp_avg_sqs, group.steps,
                    amsgrad=g["amsgrad"], lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
                    eps=g["eps"], maximize=g["maximize"], grad_scale=None, found_inf=None)
 

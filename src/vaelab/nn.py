@@ -108,8 +108,9 @@ def _sparse_columns(x: Tensor, mask: np.ndarray, binary: bool):
     b = mask.shape[0]
     flat = np.flatnonzero(np.ascontiguousarray(mask.T))
     offsets = np.searchsorted(flat, np.arange(0, mask.size + 1, b))
-    values = None if binary else torch.from_numpy(np.ascontiguousarray(x.detach().numpy().T).ravel()[flat])
-    return torch.from_numpy(flat % b), torch.from_numpy(offsets), values
+    rows = flat % b
+    values = None if binary else torch.from_numpy(x.detach().numpy()[rows, flat // b])
+    return torch.from_numpy(rows), torch.from_numpy(offsets), values
 
 
 class _InputLinearFn(torch.autograd.Function):

@@ -85,7 +85,7 @@ class FusedAdamStep:
         self._enabled = isinstance(optimizer, torch.optim.Adam) and None not in kernels
         self._kernels = kernels
 
-    def _gather(self) -> list | None:
+    def _gather(self) -> list[_AdamGroup] | None:
         opt = self.optimizer
         hooked = any(getattr(opt, f"_optimizer_step_{when}_hooks", None) for when in ("pre", "post"))
         scaled = getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None

@@ -35,7 +35,7 @@ def _inputs(kind: str, shape=(9, 30), dtype=torch.float32):
 
 @pytest.mark.parametrize("kind", ["binary", "grey", "dense", "empty_rows"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_input_linear_matches_linear_values_and_gradients(kind, bias):
+def test_input_linear_matches_linear_values_and_gradients(kind, bias, backend):
     """Output, weight and bias gradients equal nn.Linear's within float rounding, on every path."""
     fast, ref = _pair(bias=bias)
     x = _inputs(kind)
@@ -65,7 +65,7 @@ def test_input_linear_takes_the_sparse_path_only_below_max_density(monkeypatch):
     assert taken == [True, True, False]
 
 
-def test_input_linear_float64_leading_dims_and_input_gradient():
+def test_input_linear_float64_leading_dims_and_input_gradient(backend):
     """(S, B, D) inputs, float64, and an input that itself needs a gradient."""
     fast, ref = _pair(dtype=torch.float64)
     x = _inputs("grey", (3, 9, 30), torch.float64).requires_grad_()
@@ -98,7 +98,7 @@ def test_mlp_puts_input_linear_first_only_for_data_input():
     assert type(MLP([30, 8, 4])[0]) is nn.Linear
 
 
-def test_vae_training_step_with_input_linear_equals_dense_layers():
+def test_vae_training_step_with_input_linear_equals_dense_layers(backend):
     """One loss and backward of the MLP VAE on binarized data: the same gradients as with an
     nn.Linear first layer (same weights, same random state)."""
     from vaelab.models import build_model

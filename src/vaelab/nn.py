@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from vaelab._sparse import MAX_DENSITY, RowIndex, attached, column_index, row_index
 from vaelab.errors import VaelabError
 
 __all__ = ["ACTIVATIONS", "activation", "MLP", "InputLinear"]
@@ -65,13 +66,16 @@ class InputLinear(nn.Linear):
     input is non-zero. Both are exact (only the order of the float additions differs). Denser
     batches, other devices and other dtypes take the dense products.
 
+    The non-zeros are listed by :mod:`vaelab._sparse` (compiled loops), or taken from the batch when
+    whoever made it attached them (the dynamic binariser does, as it draws them).
+
     The parameters are nn.Linear's (``weight`` is (out, in), same names, same checkpoints), but
     the weight is stored column-major: ``weight.t()`` is a contiguous (in, out) matrix, whose rows
     are what the sparse sums read, and both paths return its gradient in that layout, so nothing
     is transposed during training.
     """
 
-    max_density = 0.2
+    max_density = MAX_DENSITY
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
         super().__init__(in_features, out_features, bias=bias, **kwargs)
@@ -86,31 +90,24 @@ class InputLinear(nn.Linear):
         return out.unflatten(0, lead) if lead else out.squeeze(0)
 
 
-def _sparse_rows(x: Tensor, max_density: float):
-    """The non-zeros of a CPU matrix x (B, D), row by row: (mask, columns, offsets (B + 1), values
-    or None when every non-zero is 1), or None when x should take the dense product."""
+def _sparse_rows(x: Tensor, max_density: float) -> RowIndex | None:
+    """The row index of the non-zeros of a CPU matrix x (B, D), or None when x should take the
+    dense product."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
         return None
-    a = x.detach().numpy()
-    mask = a != 0  # numpy finds the non-zeros of a bool array 7x faster than those of a float one
-    if np.count_nonzero(mask) > max_density * mask.size:
-        return None
-    d = a.shape[1]
-    flat = np.flatnonzero(mask)
-    offsets = np.searchsorted(flat, np.arange(0, mask.size + 1, d))
-    values = a.ravel()[flat]
-    weights = None if bool((values == 1).all()) else torch.from_numpy(values)
-    return mask, torch.from_numpy(flat % d), torch.from_numpy(offsets), weights
+    max_nnz = int(max_density * x.numel())
+    known = attached(x)  # made with the data (e.g. by the dynamic binariser)
+    if known is not None:
+        return known if known.cols.size <= max_nnz else None
+    return row_index(x.detach().numpy(), max_nnz)
 
 
-def _sparse_columns(x: Tensor, mask: np.ndarray, binary: bool):
-    """The non-zeros of x (B, D) column by column: (rows, offsets (D + 1), values or None)."""
-    b = mask.shape[0]
-    flat = np.flatnonzero(np.ascontiguousarray(mask.T))
-    offsets = np.searchsorted(flat, np.arange(0, mask.size + 1, b))
-    rows = flat % b
-    values = None if binary else torch.from_numpy(x.detach().numpy()[rows, flat // b])
-    return torch.from_numpy(rows), torch.from_numpy(offsets), values
+def _bag_sums(table: Tensor, indices: np.ndarray, offsets: np.ndarray, values: np.ndarray | None) -> Tensor:
+    """out[i] = sum over j in offsets[i]:offsets[i + 1] of values[j] * table[indices[j]] (values 1
+    when None): ``embedding_bag``'s sums, on the index arrays of :mod:`vaelab._sparse`."""
+    return F.embedding_bag(torch.from_numpy(indices), table, torch.from_numpy(offsets), mode="sum",
+                           per_sample_weights=None if values is None else torch.from_numpy(values),
+                           include_last_offset=True)
 
 
 class _InputLinearFn(torch.autograd.Function):
@@ -120,18 +117,15 @@ class _InputLinearFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, max_density: float) -> Tensor:
         wt = weight.t()  # (in, out)
         x = x.contiguous()
-        sparse = _sparse_rows(x, max_density)
-        if sparse is None:
+        index = _sparse_rows(x, max_density)
+        if index is None:
             out = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
         else:
-            _, cols, offsets, values = sparse
-            out = F.embedding_bag(cols, wt.contiguous(), offsets, mode="sum", per_sample_weights=values,
-                                  include_last_offset=True)
+            out = _bag_sums(wt.contiguous(), *index[:3])
             if bias is not None:
                 out.add_(bias)
         ctx.save_for_backward(x, weight)
-        ctx.mask = None if sparse is None else sparse[0]
-        ctx.binary = sparse is not None and sparse[3] is None
+        ctx.index = index
         ctx.has_bias = bias is not None
         return out
 
@@ -143,10 +137,8 @@ class _InputLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(grad, weight)
         if ctx.needs_input_grad[1]:
-            if ctx.mask is not None:
-                rows, offsets, values = _sparse_columns(x, ctx.mask, ctx.binary)
-                grad_wt = F.embedding_bag(rows, grad.contiguous(), offsets, mode="sum",
-                                          per_sample_weights=values, include_last_offset=True)
+            if ctx.index is not None:
+                grad_wt = _bag_sums(grad.contiguous(), *column_index(ctx.index))
             else:
                 grad_wt = torch.mm(x.t(), grad)
             grad_w = grad_wt.t()  # (out, in), column-major like the weight

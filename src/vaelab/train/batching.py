@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab import _sparse
+
 __all__ = ["TensorBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed", "grey_levels"]
 
 Transform = Callable[[Tensor, int], Tensor]
@@ -101,6 +103,15 @@ def _binarize_levels(levels: Tensor, seed: int) -> Tensor:
         g = torch.Generator(device=levels.device).manual_seed(seed)
         u = torch.randint(0, 255, levels.shape, generator=g, device=levels.device, dtype=torch.uint8)
         return torch.lt(u, levels, out=out)
+    if out.dtype in (torch.float32, torch.float64):
+        # compiled: the draws, the comparison and the row index of the ones that the first layer of
+        # a VAE would otherwise find again (see vaelab._sparse), in one pass, the same draws
+        lv = levels.reshape(levels.shape[0], -1).numpy()
+        done, index = _sparse.binarize_levels(lv, np.random.PCG64(seed), out.view(lv.shape).numpy())
+        if done:
+            if index is not None:
+                _sparse.attach(out, index)
+            return out
     bits = np.random.PCG64(seed)
     n = levels.numel()
     u = bits.random_raw(-(-n // 8)).view(np.uint8)[:n]  # uniform bytes 0..255

@@ -124,35 +124,36 @@ def _compile():
                 fill[c] += 1
         return rows, col_offsets, order
 
+    ones, high = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
+
     def binarize_loop(levels, raw, n_words, out, max_nnz):
-        # raw: uniform bytes, n_words * 8 for the levels then spare ones. A byte of 255 is replaced,
-        # round by round, by the spare bytes that follow (each round starting at a word boundary,
-        # as successive draws of whole words give them), so that every byte is uniform on 0..254.
+        # x = u < k for the bytes u = raw[:n], each byte of 255 replaced by the next byte other than
+        # 255 of the spare ones, raw[n_words * 8:]; and the row index of the ones while there are at
+        # most max_nnz. raw (whole 8-byte words) is only read.
         b, d = levels.shape
         n = b * d
-        u = raw[:n]
-        redo = np.flatnonzero(u == 255)
-        at = n_words * 8
-        while redo.size:
-            m = redo.size
-            if at + m > raw.size:
-                return -1, np.empty(0, np.int64), np.empty(0, np.int64)
-            for j in range(m):
-                u[redo[j]] = raw[at + j]
-            at += -(-m // 8) * 8
-            keep = np.empty(m, np.bool_)
-            for j in range(m):
-                keep[j] = u[redo[j]] == 255
-            redo = redo[keep]
-        # out = (u < levels) as 0/1, and its row index while it has at most max_nnz ones
-        u2 = u.reshape(b, d)
+        u = raw[:n].copy()
+        words = raw.view(np.uint64)
+        spare = n_words * 8
+        for j in range(n_words):
+            w = words[j]
+            if (~w - ones) & w & high:  # some byte of w is 255 (a 255 is a zero byte of ~w)
+                for i in range(j * 8, min(j * 8 + 8, n)):
+                    if u[i] == 255:
+                        v = np.uint8(255)
+                        while v == 255:
+                            if spare == raw.size:
+                                return -1, np.empty(0, np.int64), np.empty(0, np.int64)
+                            v = raw[spare]
+                            spare += 1
+                        u[i] = v
         cols = np.empty(max_nnz, np.int64)
         offsets = np.empty(b + 1, np.int64)
         offsets[0] = 0
         k = 0
         for r in range(b):
             for c in range(d):
-                if u2[r, c] < levels[r, c]:
+                if u[r * d + c] < levels[r, c]:
                     out[r, c] = 1
                     if k < max_nnz:
                         cols[k] = c
@@ -180,7 +181,7 @@ def _probe(kernels) -> None:
     a = np.array([[0.0, 1.0], [2.0, 0.0]], dtype=np.float32)
     n, _, cols, offsets, _ = kernels[0](a, 4)
     kernels[1](cols[:n], offsets, 2)
-    raw = np.array([1, 255, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], np.uint8)
+    raw = np.array([1, 255, 0, 0, 0, 0, 0, 0, 255, 3, 0, 0, 0, 0, 0, 0], np.uint8)
     kernels[2](np.ones((1, 2), np.uint8), raw, 1, a[:1].copy(), 2)
 
 
@@ -222,25 +223,22 @@ def column_index(index: RowIndex) -> ColumnIndex:
 
 
 def binarize_levels(
-    levels: np.ndarray, bits: np.random.PCG64, out: np.ndarray
+    levels: np.ndarray, raw: np.ndarray, n_words: int, out: np.ndarray
 ) -> tuple[bool, RowIndex | None]:
-    """Exact Bernoulli(k / 255) draws for uint8 levels k (B, D), written as 0/1 into ``out`` (a float
-    array of the same shape), with the row index of the ones when there are at most ``MAX_DENSITY``
-    of them: one compiled pass that makes the batch and the index :class:`vaelab.nn.InputLinear`
-    needs. The draws are bit for bit those of ``vaelab.train.batching``'s NumPy way: bytes u of
-    ``bits``, a byte of 255 drawn again, x = u < k.
+    """Bernoulli(k / 255) draws for uint8 levels k (B, D), written as 0/1 into ``out`` (a float array
+    of the same shape), with the row index of the ones when there are at most ``MAX_DENSITY`` of
+    them: one compiled pass that makes the batch and the index :class:`vaelab.nn.InputLinear` needs.
 
-    Returns (False, None) without the loops compiled (or, with a chance below 1e-100, when the spare
-    bytes run out); the caller then draws the NumPy way from a fresh generator."""
+    ``raw``: uniform bytes; the first B * D are the draws u (x = u < k), and a u of 255 is replaced
+    by the next byte other than 255 from ``raw[n_words * 8:]``, so that u is uniform on 0..254.
+    Returns (False, None) without the compiled loops, or when those spare bytes run out; the caller
+    (``vaelab.train.batching``) then does the same with NumPy, drawing more."""
     kernels = _kernels()
     if kernels is None:
         return False, None
-    n = levels.size
-    n_words = -(-n // 8)
-    # a round redraws about n/256 bytes, each a 1/256 chance to need another: n/128 + 512 spare bytes
-    # is about 50 standard deviations more than the rounds use
-    raw = bits.random_raw(n_words + n // 1024 + 64).view(np.uint8)
-    max_nnz = int(MAX_DENSITY * n)
+    if raw.size % 8 or raw.size < n_words * 8 or n_words * 8 < levels.size:
+        raise ValueError("raw must be whole 8-byte words, the first n_words covering the levels")
+    max_nnz = int(MAX_DENSITY * levels.size)
     k, cols, offsets = kernels[2](levels, raw, n_words, out, max_nnz)
     if k < 0:
         return False, None

@@ -97,29 +97,43 @@ class DynamicBinarize:
 
 
 def _binarize_levels(levels: Tensor, seed: int) -> Tensor:
-    """Exact Bernoulli(k / 255) draws for uint8 levels k, as {0, 1} values of the default dtype."""
+    """Exact Bernoulli(k / 255) draws for uint8 levels k, as {0, 1} values of the default dtype.
+
+    On the CPU: u is the first n bytes of PCG64(seed)'s raw words, and each u of 255 is replaced by
+    the next byte other than 255 of the words that follow, so u is uniform on 0..254; x = u < k."""
     out = torch.empty(levels.shape, dtype=torch.get_default_dtype(), device=levels.device)
     if levels.device.type != "cpu":
         g = torch.Generator(device=levels.device).manual_seed(seed)
         u = torch.randint(0, 255, levels.shape, generator=g, device=levels.device, dtype=torch.uint8)
         return torch.lt(u, levels, out=out)
+    bits = np.random.PCG64(seed)
+    n = levels.numel()
+    n_words = -(-n // 8)
+    raw = bits.random_raw(n_words + _spare_words(n)).view(np.uint8)
     if out.dtype in (torch.float32, torch.float64):
-        # compiled: the draws, the comparison and the row index of the ones that the first layer of
-        # a VAE would otherwise find again (see vaelab._sparse), in one pass, the same draws
+        # compiled: the comparison, and the row index of the ones that the first layer of a VAE would
+        # otherwise find again (see vaelab._sparse), in one pass
         lv = levels.reshape(levels.shape[0], -1).numpy()
-        done, index = _sparse.binarize_levels(lv, np.random.PCG64(seed), out.view(lv.shape).numpy())
+        done, index = _sparse.binarize_levels(lv, raw, n_words, out.view(lv.shape).numpy())
         if done:
             if index is not None:
                 _sparse.attach(out, index)
             return out
-    bits = np.random.PCG64(seed)
-    n = levels.numel()
-    u = bits.random_raw(-(-n // 8)).view(np.uint8)[:n]  # uniform bytes 0..255
-    redo = np.flatnonzero(u == 255)  # 1 in 256: redraw, so that u is uniform on 0..254
-    while redo.size:
-        u[redo] = bits.random_raw(-(-redo.size // 8)).view(np.uint8)[: redo.size]
-        redo = redo[u[redo] == 255]
+    u = raw[:n].copy()
+    redo = np.flatnonzero(u == 255)
+    spare = raw[n_words * 8 :]
+    spare = spare[spare != 255]
+    while spare.size < redo.size:
+        more = bits.random_raw(-(-(redo.size - spare.size) // 8) + 8).view(np.uint8)
+        spare = np.concatenate([spare, more[more != 255]])
+    u[redo] = spare[: redo.size]
     return torch.lt(torch.from_numpy(u).view(levels.shape), levels, out=out)
+
+
+def _spare_words(n: int) -> int:
+    """Words drawn beyond the n bytes for the replacements of 255: about n/256 bytes are needed;
+    n/128 + 512 is dozens of standard deviations more (when short, more are drawn)."""
+    return n // 1024 + 64
 
 
 dynamic_binarize = DynamicBinarize()

@@ -118,3 +118,27 @@ def test_negative_latent_size_is_a_clear_error():
 
     with pytest.raises(VaelabError, match="model.latent_dim must be a positive integer"):
         config_from_dict({"model": {"name": "vae", "latent_dim": -3}})
+
+
+def test_vae_kl_warmup_weights_the_kl_and_reports_the_true_elbo():
+    """beta = step / warmup inside the training loss; the reported ELBO keeps beta = 1; evaluation
+    and steps past the warm-up use beta = 1. The weight is one tensor updated in place, so a
+    compiled loss (train.compile) takes it as an input and is not compiled again every step."""
+    spec = DataSpec((1, 3, 3), "binary")
+    torch.manual_seed(0)
+    model = build_model(VAEConfig(latent_dim=2, hidden=[5], kl_warmup_steps=10), spec)
+    x = (torch.rand(6, 1, 3, 3) < 0.3).float()
+    weight = model._kl_weight
+    for step, beta in ((0, 0.0), (4, 0.4), (10, 1.0), (25, 1.0)):
+        model.train_step = step
+        assert model._kl_weight is weight and model._kl_weight.item() == pytest.approx(beta)
+        torch.manual_seed(1)
+        out = model.loss(x)
+        torch.testing.assert_close(out.loss, -(out.reconstruction - beta * out.kl).mean())
+        torch.testing.assert_close(out.elbo, out.reconstruction - out.kl)
+    model.train_step = 4
+    model.eval()
+    torch.manual_seed(1)
+    out = model.loss(x)
+    torch.testing.assert_close(out.loss, -out.elbo.mean())
+    assert "_kl_weight" not in model.state_dict()  # checkpoints are unchanged

@@ -70,11 +70,15 @@ def log_importance_weights(
     return decode(z).log_prob(x) + prior.log_prob(z) - posterior.log_prob(z)
 
 
-def _elbo_terms(log_px_z: Tensor, kl: Tensor, kl_weight: float) -> ElboTerms:
-    """ELBO = E_q[log p(x|z)] - beta KL from log p(x|z) of shape (S, B) and the KL of shape (B,)."""
+def _elbo_terms(log_px_z: Tensor, kl: Tensor, kl_weight: float | Tensor) -> ElboTerms:
+    """ELBO = E_q[log p(x|z)] - beta KL from log p(x|z) of shape (S, B) and the KL of shape (B,);
+    beta a number or a 0-dim tensor."""
     # one sample: a view instead of a reduction (and no backward node for it)
     reconstruction = log_px_z.squeeze(0) if log_px_z.shape[0] == 1 else log_px_z.mean(0)  # (B,)
-    bound = reconstruction - kl if kl_weight == 1.0 else reconstruction - kl_weight * kl
+    if isinstance(kl_weight, Tensor) or kl_weight != 1.0:
+        bound = reconstruction - kl_weight * kl
+    else:
+        bound = reconstruction - kl
     return ElboTerms(bound=bound, reconstruction=reconstruction, kl=kl)
 
 
@@ -85,7 +89,7 @@ def elbo(
     prior: Distribution,
     n_samples: int = 1,
     analytic_kl: bool = True,
-    kl_weight: float = 1.0,
+    kl_weight: float | Tensor = 1.0,
 ) -> ElboTerms:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)), the SGVB estimator (Kingma & Welling 2014, eq. 7
     with the analytic KL; eq. 6 with the sampled one).
@@ -108,7 +112,7 @@ def elbo_diag_gaussian(
     logvar: Tensor,
     log_likelihood: LogLikelihood,
     n_samples: int = 1,
-    kl_weight: float = 1.0,
+    kl_weight: float | Tensor = 1.0,
 ) -> ElboTerms:
     """:func:`elbo` with the analytic KL for q(z|x) = N(mu, diag(exp(logvar))) and p(z) = N(0, I),
     written on tensors: the training hot path, where building Distribution objects every step

@@ -116,7 +116,7 @@ class VAE(Model):
         return self._prior
 
     # ------------------------------------------------------------------ objectives
-    def bound(self, x: Tensor, kl_weight: float = 1.0) -> estimators.ElboTerms:
+    def bound(self, x: Tensor, kl_weight: float | Tensor = 1.0) -> estimators.ElboTerms:
         cfg = self.config
         x = x.flatten(1)
         if cfg.objective == "elbo" and cfg.analytic_kl:
@@ -132,12 +132,27 @@ class VAE(Model):
         return fn(x, self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
                   analytic_kl=cfg.analytic_kl, kl_weight=kl_weight)
 
+    @property
+    def train_step(self) -> int:
+        return self._train_step
+
+    @train_step.setter
+    def train_step(self, step: int) -> None:
+        # The KL weight of this step, as a 0-dim tensor that changes value but not identity: a
+        # compiled loss (train.compile) takes it as an input instead of compiling again every step.
+        self._train_step = step
+        beta = linear_ramp(step, self.config.kl_warmup_steps)
+        self._annealing = beta != 1.0
+        if "_kl_weight" not in self._buffers:
+            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
+        self._kl_weight.fill_(beta)
+
     def loss(self, batch: Tensor) -> LossOutput:
-        beta = linear_ramp(self.train_step, self.config.kl_warmup_steps) if self.training else 1.0
-        terms = self.bound(batch, kl_weight=beta)
-        if beta != 1.0:  # report the true ELBO beside the annealed objective
-            elbo = terms.reconstruction - terms.kl
+        if self.training and self._annealing:
+            terms = self.bound(batch, kl_weight=self._kl_weight)
+            elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective
         else:
+            terms = self.bound(batch)
             elbo = terms.bound
         return LossOutput(
             loss=-terms.bound.mean(), elbo=elbo, reconstruction=terms.reconstruction, kl=terms.kl

@@ -61,8 +61,10 @@ class DynamicBinarize:
     MNIST). ``dynamic_binarize`` is the instance to pass as ``TensorBatches(transform=...)``.
 
     Data of exact 8-bit levels k/255 are held as uint8 (``prepare``) and binarised exactly: with u
-    uniform on {0, ..., 254}, P(u < k) = k/255. On the CPU u comes from raw PCG64 bytes (NumPy, a
-    byte 255 redrawn), about ten times cheaper than float uniforms; on CUDA from ``torch.randint``.
+    uniform on {0, ..., 254}, P(u < k) = k/255. On the CPU u comes from raw PCG64 bytes (NumPy; a
+    byte of 255 is replaced by a spare one), about ten times cheaper than float uniforms, and a
+    compiled pass also attaches the batch's non-zeros for the first layer that reads it (see
+    ``vaelab._sparse``); on CUDA u comes from ``torch.randint``.
     Other data in [0, 1] are compared with float uniforms: x = (u < p), u ~ U(0, 1), one bulk draw.
     Every draw is seeded by the batch's seed alone, so a batch is a pure function of it.
     """

@@ -145,7 +145,9 @@ class VAE(Model):
         self._annealing = beta != 1.0
         if "_kl_weight" not in self._buffers:
             self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
-        self._kl_weight.fill_(beta)
+        elif beta != self._beta:  # constant after the warm-up: no write per step
+            self._kl_weight.fill_(beta)
+        self._beta = beta
 
     def loss(self, batch: Tensor) -> LossOutput:
         if self.training and self._annealing:

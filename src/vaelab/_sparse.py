@@ -9,10 +9,11 @@ A (B, D) batch's non-zeros are indexed two ways:
 
 Both are built by small compiled loops (numba): one pass over the batch for the rows, a counting
 sort of the row index for the columns. Inside a training step every NumPy call costs 10-20 us more
-than its work (its code and data are cold after the matrix products), and the NumPy way takes ten
-of them; the loops take two. The dynamic binariser goes one step further: it decides every non-zero
-of a binarised batch, so it writes the row index in the same pass (``binarize_levels``) and attaches
-it to the batch (``attach``), where InputLinear finds it (``attached``).
+than its work (measured; likely because its code and data are cold after the matrix products), and
+the NumPy way takes ten of them; the loops take two. The dynamic binariser goes one step further:
+it decides every non-zero of a binarised batch, so it writes the row index in the same pass
+(``binarize_levels``) and attaches it to the batch (``attach``), where InputLinear finds it
+(``attached``).
 
 Without a working numba the same indices are built with NumPy (``VAELAB_NO_NUMBA=1`` forces that,
 for tests and for comparison); the results are the same either way.
@@ -200,7 +201,7 @@ def compiled() -> bool:
     return _kernels() is not None
 
 
-# ----------------------------------------------------------------------------- the two indices
+# -------------------------------------------------------------------- the indices and the binarisation
 def row_index(a: np.ndarray, max_nnz: int) -> RowIndex | None:
     """The row index of a C-contiguous float matrix ``a`` (B, D), or None when it has more than
     ``max_nnz`` non-zeros (then the dense product is the cheaper one)."""

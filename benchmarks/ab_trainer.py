@@ -1,15 +1,21 @@
-"""Interleaved A/B of the trainer: batch indices by NumPy against the compiled loops (vaelab._sparse).
+"""Interleaved A/B of the trainer's fast paths: each mode switches one of them off.
 
-Both trainers train the benchmark's network (784-400-20-400-784 ReLU VAE, batch 128, dynamically
-binarized MNIST, Adam) from the same weights in one process, taking turns of ``--steps`` steps
-(rotating who goes first), so the shared machine's load hits both alike. Modes:
+Every mode's trainer trains the benchmark's network (784-400-20-400-784 ReLU VAE, batch 128,
+dynamically binarized MNIST, Adam) from the same weights in one process, taking turns of ``--steps``
+steps (rotating who goes first), so the shared machine's load hits all alike. Modes:
 
-  numpy   the NumPy way: the indices found with NumPy, the batch binarised with NumPy, no attached index
-  loops   the compiled loops for the indices, the binariser's pass without attaching its index
-  full    the compiled loops, and the binariser's index attached to the batch (the default path)
+  numpy    the batch indices of the sparse first layer found with NumPy, the batch binarised with
+           NumPy, no attached index (vaelab._sparse without numba)
+  loops    the compiled loops for the indices, the binariser's pass without attaching its index
+  modules  the loss and its gradient through the modules and autograd, not the fused step
+           (vaelab.models.vae_fused off); the indices as in ``full``
+  full     everything on: the compiled loops, the binariser's attached index, the fused step (the
+           default path)
 
 Prints each mode's median ms per step and the median of the per-turn ratios against the first mode.
-Run: ``python benchmarks/ab_sparse_indices.py --turns 24`` (needs $VAELAB_DATA with MNIST).
+Run: ``python benchmarks/ab_trainer.py --turns 24`` (needs $VAELAB_DATA with MNIST), or e.g.
+``--modes modules,full``. (Until commit 14d08d1 this script was ``ab_sparse_indices.py``, with the
+modes numpy, loops and full, and no fused step.)
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from bench_train import vaelab_model
 from vaelab import _sparse
 from vaelab.config import DataConfig, TrainConfig
 from vaelab.data import load_dataset
+from vaelab.models import vae_fused
 from vaelab.train import TensorBatches, Trainer, dynamic_binarize
 
-MODES = ("numpy", "loops", "full")
+MODES = ("numpy", "loops", "modules", "full")
 
 
 def main() -> None:
@@ -55,6 +62,7 @@ def main() -> None:
     def turn(mode: str, steps: int) -> float:
         _sparse._KERNELS = None if mode == "numpy" else kernels
         _sparse.attach = (lambda t, index: None) if mode == "loops" else attach
+        vae_fused.ENABLED = mode != "modules"
         tr = trainers[mode]
         tr.total_steps = tr.step + steps
         t = time.perf_counter()
@@ -68,10 +76,10 @@ def main() -> None:
         k = i % len(modes)
         for m in modes[k:] + modes[:k]:
             times[m].append(turn(m, args.steps))
-    _sparse._KERNELS, _sparse.attach = kernels, attach
+    _sparse._KERNELS, _sparse.attach, vae_fused.ENABLED = kernels, attach, True
     base = modes[0]
     for m in modes:
-        line = f"{m:6s} median {statistics.median(times[m]):.3f} ms/step"
+        line = f"{m:7s} median {statistics.median(times[m]):.3f} ms/step"
         if m != base:
             ratios = sorted(a / b for a, b in zip(times[base], times[m]))
             q = len(ratios) // 4

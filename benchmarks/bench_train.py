@@ -43,6 +43,7 @@ Run: ``make bench`` (2 threads, the issue's setting), or e.g.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -132,6 +133,9 @@ def train_plain(data, spec, state, epochs, seed, threads, slice_steps):
     return net.state_dict()
 
 
+_PYRO_RUNS = itertools.count()
+
+
 def train_pyro(data, spec, state, epochs, seed, threads, slice_steps):
     import pyro
     import pyro.distributions as dist
@@ -142,7 +146,10 @@ def train_pyro(data, spec, state, epochs, seed, threads, slice_steps):
     net = Net()
     net.load_state_dict(state)
     zeros, ones = torch.zeros(Z), torch.ones(Z)
-    prefix = f"pyro{id(net)}"  # a fresh parameter-store name per run (several runs share the store)
+    # Pyro keeps parameters in a global store, by name: a run must not find an earlier run's there
+    # (pyro.module would then train that run's tensors). One Pyro run is in flight at a time.
+    pyro.clear_param_store()
+    prefix = f"pyro{next(_PYRO_RUNS)}"
 
     def model(x):
         pyro.module(prefix + "decoder", net.decoder)

@@ -11,10 +11,11 @@ hand). On the CPU, where a 128-image MNIST step takes about 4 ms, that saves abo
 
 The three outputs (loss, reconstruction, KL) are all differentiable, so anything built on them
 (``elbo = reconstruction - kl``, a user's extra term) gets exact gradients too. The fused step
-applies only where it is the same computation as the modules': ``fusable`` checks the networks are
-plain ``MLP`` stacks (linear layers and the activations of ``vaelab.nn.ACTIVATIONS``) without hooks
-or parametrizations, and that no ``torch.compile`` trace is running (a compiled loss traces the
-modules instead). ``VAELAB_NO_FUSED=1`` switches it off (``ENABLED``), for comparison and debugging.
+applies only where it is the same computation as the modules': ``plan`` checks that both networks
+are plain ``MLP`` stacks (linear layers with biases and the activations of ``vaelab.nn.ACTIVATIONS``;
+a parametrized layer has another type) without hooks, and that neither a ``torch.compile`` trace
+(a compiled loss traces the modules instead) nor autocast is running. ``VAELAB_NO_FUSED=1`` switches
+it off (``ENABLED``), for comparison and debugging.
 
 Shapes: x (B, D); eps (S, B, Dz); the decoder output (S, B, P, D) for a head with P parameters per
 dimension.
@@ -33,8 +34,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module
 
+from vaelab._sparse import column_index
 from vaelab.distributions import LikelihoodHead
-from vaelab.nn import InputLinear, _bag_sums, _sparse_rows, column_index
+from vaelab.divergences import DiagonalGaussianKL
+from vaelab.nn import InputLinear, _bag_sums, _sparse_rows
 
 __all__ = ["ENABLED", "Plan", "plan", "fusable", "fused_elbo"]
 
@@ -252,7 +255,7 @@ class _FusedElbo(torch.autograd.Function):
         std = torch.exp(0.5 * logvar)
         z = torch.addcmul(mu, std, eps)  # (S, B, Dz)
         var = std.square()
-        kl = 0.5 * (mu.square() + var - logvar - 1).sum(-1)  # Kingma & Welling App. B
+        kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # Kingma & Welling App. B
 
         # decoder and the likelihood, with its gradient with respect to the decoder output
         params_out, dec_in, dec_pre = _mlp_forward(z.reshape(s * b, latent), dec_w, dec_b, plan.dec_acts)

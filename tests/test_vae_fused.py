@@ -175,6 +175,14 @@ def test_where_the_fused_step_does_not_apply(monkeypatch):
     model.decoder[0] = torch.nn.Linear(3, 7, bias=False).double()
     assert not vae_fused.fusable(model.encoder, model.decoder)
     assert not vae_fused.fusable(torch.nn.Linear(2, 2), model.decoder)
+
+    class Residual(torch.nn.Sequential):  # the same children, another computation
+        def forward(self, x):
+            return super().forward(x) + x
+
+    model = _model(hidden=[])
+    model.decoder = Residual(*model.decoder)
+    assert not vae_fused.fusable(model.encoder, model.decoder)
     # evaluation, no grad, other objectives: the modules' path (the loss still works)
     model = _model(objective="iwae", n_samples=2)
     torch.manual_seed(0)

@@ -110,20 +110,34 @@ def _bag_sums(table: Tensor, indices: np.ndarray, offsets: np.ndarray, values: n
                            include_last_offset=True)
 
 
+def _input_linear(x: Tensor, weight: Tensor, bias: Tensor | None, max_density: float
+                  ) -> tuple[Tensor, RowIndex | None]:
+    """x W^T + b for InputLinear's column-major W (out, in) and a contiguous x (B, in): sparse sums
+    when x is mostly zeros, else the dense product. Returns the output and the row index used (None
+    for the dense product), which the weight gradient needs."""
+    wt = weight.t()  # (in, out)
+    index = _sparse_rows(x, max_density)
+    if index is None:
+        return (torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)), None
+    out = _bag_sums(wt.contiguous(), *index[:3])
+    return (out if bias is None else out.add_(bias)), index
+
+
+def _input_linear_weight_grad(x: Tensor, index: RowIndex | None, grad: Tensor) -> Tensor:
+    """The gradient of InputLinear's weight from the output gradient (B, out): (out, in), column-major
+    like the weight, so nothing is transposed during training."""
+    if index is not None:
+        return _bag_sums(grad.contiguous(), *column_index(index)).t()
+    return torch.mm(x.t(), grad).t()
+
+
 class _InputLinearFn(torch.autograd.Function):
     """y = x W^T + b with W column-major; sparse sums when x is mostly zeros (see InputLinear)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, max_density: float) -> Tensor:
-        wt = weight.t()  # (in, out)
         x = x.contiguous()
-        index = _sparse_rows(x, max_density)
-        if index is None:
-            out = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
-        else:
-            out = _bag_sums(wt.contiguous(), *index[:3])
-            if bias is not None:
-                out.add_(bias)
+        out, index = _input_linear(x, weight, bias, max_density)
         ctx.save_for_backward(x, weight)
         ctx.index = index
         ctx.has_bias = bias is not None
@@ -137,11 +151,7 @@ class _InputLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(grad, weight)
         if ctx.needs_input_grad[1]:
-            if ctx.index is not None:
-                grad_wt = _bag_sums(grad.contiguous(), *column_index(ctx.index))
-            else:
-                grad_wt = torch.mm(x.t(), grad)
-            grad_w = grad_wt.t()  # (out, in), column-major like the weight
+            grad_w = _input_linear_weight_grad(x, ctx.index, grad)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b, None

@@ -34,10 +34,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module
 
-from vaelab._sparse import column_index
 from vaelab.distributions import LikelihoodHead
 from vaelab.divergences import DiagonalGaussianKL
-from vaelab.nn import InputLinear, _bag_sums, _sparse_rows
+from vaelab.nn import MLP, InputLinear, _input_linear, _input_linear_weight_grad
 
 __all__ = ["ENABLED", "Plan", "plan", "fusable", "fused_elbo"]
 
@@ -91,8 +90,8 @@ _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, _Structure] = weakref.WeakKeyD
 def _structure(mlp: nn.Module, first_may_be_sparse: bool) -> _Structure | None:
     """The linear layers and activations of a plain MLP (linear, act, linear, ..., linear), or None.
     Read once per set of children (replacing a layer reads it again)."""
-    if not isinstance(mlp, nn.Sequential):
-        return None
+    if not isinstance(mlp, nn.Sequential) or type(mlp).forward not in (nn.Sequential.forward, MLP.forward):
+        return None  # (a subclass with its own forward computes something else)
     modules = tuple(mlp._modules.values())
     known = _STRUCTURES.get(mlp)
     if known is None or known.modules != modules:
@@ -247,9 +246,7 @@ class _FusedElbo(torch.autograd.Function):
         # encoder; its first layer reads x without the zeros where InputLinear would
         index, first = None, None
         if plan.sparse_first:
-            index = _sparse_rows(x, plan.max_density)
-            if index is not None:
-                first = _bag_sums(enc_w[0].t().contiguous(), *index[:3]).add_(enc_b[0])
+            first, index = _input_linear(x, enc_w[0], enc_b[0], plan.max_density)
         out, enc_in, enc_pre = _mlp_forward(x, enc_w, enc_b, plan.enc_acts, first)
         mu, logvar = out[:, :latent], out[:, latent:]
         std = torch.exp(0.5 * logvar)
@@ -313,15 +310,12 @@ class _FusedElbo(torch.autograd.Function):
             d_logvar.add_(w * 0.5 * (var - 1))
         d_enc = torch.cat([d_mu, d_logvar], 1)
 
-        # encoder; the first layer's weight gradient without the zeros of x where it read them so
-        index = ctx.index
+        # encoder; the first layer's weight gradient as InputLinear's (without the zeros of x where
+        # the forward pass read them so)
         first = None
-        if index is not None:
-            def first(grad: Tensor) -> Tensor:  # (out, in), column-major like InputLinear's weight
-                return _bag_sums(grad.contiguous(), *column_index(index)).t()
-        elif spec.plan.sparse_first:
+        if spec.plan.sparse_first:
             def first(grad: Tensor) -> Tensor:
-                return torch.mm(enc_in[0].t(), grad).t()
+                return _input_linear_weight_grad(enc_in[0], ctx.index, grad)
         grads_enc, d_x = _mlp_backward(d_enc, params[0:n_enc:2], enc_in, ctx.enc_pre, spec.plan.enc_acts,
                                        need[:n_enc], ctx.needs_input_grad[0], first_weight_grad=first)
         return d_x, None, None, *grads_enc, *grads_dec

@@ -150,10 +150,9 @@ def plan(encoder: nn.Module, decoder: nn.Module) -> Plan | None:
     enc, dec = _structure(encoder, True), _structure(decoder, False)
     if enc is None or dec is None or _hooked(encoder) or _hooked(decoder):
         return None
+    if any(_hooked(m) for m in enc.modules + dec.modules):
+        return None
     params = []
-    for m in enc.modules + dec.modules:
-        if _hooked(m):
-            return None
     for lin in enc.linears + dec.linears:
         p = lin._parameters
         if p.get("bias") is None:

@@ -57,7 +57,8 @@ def test_kl_command(tmp_path, capsys):
     _run_folder_ok(tmp_path / "kl")
     assert (tmp_path / "kl" / "figures" / "example3_fits.png").stat().st_size > 1000
     assert main(["kl", "--rho", "1.5", "--out", str(tmp_path / "bad")]) == 2
-    assert "--rho must be strictly between -1 and 1" in capsys.readouterr().err
+    assert "error: rho must be strictly between -1 and 1, got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ising_command(tmp_path, capsys):
@@ -71,8 +72,8 @@ def test_ising_command(tmp_path, capsys):
         assert bound <= log_z + 1e-9 and gap == pytest.approx(log_z - bound, abs=2e-4)
     assert float(lines[0][4]) == 0.0  # J = 0: the bound is exact
     _run_folder_ok(tmp_path / "is")
-    assert main(["ising", "--sizes", "3by3", "--out", str(tmp_path / "bad")]) == 2
-    assert "grid sizes look like 3x3,4x4" in capsys.readouterr().err
+    assert main(["ising", "--sizes", "3x3,3by3", "--out", str(tmp_path / "bad")]) == 2
+    assert "error: sizes[1]: grid sizes look like 3x3 or 4x40" in capsys.readouterr().err
 
 
 def _write_text_corpus(path, seed=0):
@@ -147,28 +148,82 @@ def test_lda_command_same_seed_same_numbers(tmp_path, capsys):
 def test_vi_presets_are_valid_settings_of_their_command():
     from pathlib import Path
 
-    from vaelab.cli import build_parser, config_file_values
+    from vaelab.config import read_toml, settings_from_dict
+    from vaelab.vi.runs import EXPERIMENTS
 
-    parser = build_parser()
     presets = sorted(Path("configs/vi").glob("*.toml"))
-    assert {p.stem.split("_")[0] for p in presets} == {"kl", "lda", "ising"}
+    assert {p.stem.split("_")[0] for p in presets} == set(EXPERIMENTS)
     for p in presets:
-        values = config_file_values(str(p), parser.subcommands[p.stem.split("_")[0]])
-        assert values and "out" in values, p
+        exp = EXPERIMENTS[p.stem.split("_")[0]]
+        assert isinstance(settings_from_dict(exp.settings, read_toml(p)), exp.settings), p
+        assert Path(exp.preset).is_file()
 
 
-def test_config_file_settings_and_overrides(tmp_path, capsys):
+def test_lda_defaults_are_the_benchmarked_settings():
+    """BENCHMARKS.md: online VB with minibatches of 128 and tau0 = 10, 10 passes; batch EM 20 passes."""
+    from vaelab.config import settings_from_dict
+    from vaelab.vi.lda import BatchLDA, OnlineLDA
+    from vaelab.vi.runs import LDASettings
+
+    online = settings_from_dict(LDASettings, {}, [("train.mode", "online")]).fitter()
+    assert isinstance(online, OnlineLDA)
+    assert (online.config.batch_size, online.config.tau0, online.config.kappa) == (128, 10.0, 0.7)
+    assert online.config.passes == 10 and online.config.dtype == "float32"
+    batch = settings_from_dict(LDASettings, {}).fitter()
+    assert isinstance(batch, BatchLDA) and batch.config.passes == 20
+
+
+def _settings(run):
+    return json.loads((run / "config.json").read_text())
+
+
+def test_set_overrides_reach_config_json_and_change_the_result(tmp_path, capsys):
+    # kl: Example 3's conditional variance is 1 - rho^2
+    assert main(["kl", "--set", "rho=0.5", "--out", str(tmp_path / "kl")]) == 0
+    assert "0.7500" in capsys.readouterr().out
+    assert _settings(tmp_path / "kl") == {"rho": 0.5, "scales": [1.0, 1.0], "seed": 0, "name": "kl"}
+    # ising: the table has the couplings and grids set, the field shifts log Z at J = 0 (N log(2 cosh h))
+    args = ["ising", "--set", 'sizes=["2x2"]', "--set", "couplings=[0.0]", "--set", "field=0.5",
+            "--set", 'strip=""', "--out", str(tmp_path / "is")]
+    assert main(args) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("2x2")]
+    assert len(rows) == 1 and float(rows[0][2]) == pytest.approx(4 * np.log(2 * np.cosh(0.5)), abs=1e-4)
+    cfg = _settings(tmp_path / "is")
+    assert (cfg["sizes"], cfg["couplings"], cfg["field"], cfg["strip"]) == (["2x2"], [0.0], 0.5, "")
+
+
+def test_lda_set_and_shorthands_are_the_same_settings(tmp_path, capsys):
+    corpus = tmp_path / "docs.txt"
+    _write_text_corpus(corpus)
+    base = ["lda", str(corpus), "--quiet"]
+    assert main([*base, "--topics", "3", "--passes", "2", "--out", str(tmp_path / "a")]) == 0
+    sets = ["--set", "model.topics=3", "--set", "train.passes=2"]
+    assert main([*base, *sets, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = _settings(tmp_path / "a"), _settings(tmp_path / "b")
+    assert a == b and a["model"]["topics"] == 3 and a["train"]["passes"] == 2
+    assert a["data"]["name"] == str(corpus) and a["train"]["batch_size"] == 128  # the full typed config
+    assert LDAModel.load(tmp_path / "a" / "model").n_topics == 3
+    # later wins, in command-line order; the override changes the fit
+    args = [*base, "--topics", "3", "--set", "model.topics=4", "--passes", "2", "--out", str(tmp_path / "c")]
+    assert main(args) == 0
+    assert LDAModel.load(tmp_path / "c" / "model").n_topics == 4
+    assert (tmp_path / "c" / "command.txt").read_text().startswith("vaelab lda ")
+    assert "--set model.topics=4" in (tmp_path / "c" / "command.txt").read_text()
+
+
+def test_config_file_and_a_runs_config_json(tmp_path, capsys):
     cfg = tmp_path / "is.toml"
-    cfg.write_text('sizes = "2x2"\ncouplings = "0,0.5"\nstrip = "2x6"\nfield = 0\n'
-                   f'out = "{tmp_path / "from-file"}"\n')
+    cfg.write_text('sizes = ["2x2"]\ncouplings = [0.0, 0.5]\nstrip = "2x6"\nfield = 0\n')
     # the file's settings, with --couplings from the command line winning
-    assert main(["ising", "--config", str(cfg), "--couplings", "0.25"]) == 0
-    out = capsys.readouterr().out
-    rows = [ln.split() for ln in out.splitlines() if ln.startswith("2x2")]
+    assert main(["ising", "--config", str(cfg), "--couplings", "0.25", "--out", str(tmp_path / "a")]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("2x2")]
     assert [float(r[1]) for r in rows] == [0.25]
-    command = (tmp_path / "from-file" / "command.txt").read_text()
-    assert "--sizes 2x2" in command and "--couplings 0.25" in command and "--config" not in command
-    assert json.loads((tmp_path / "from-file" / "config.json").read_text())["field"] == 0.0
+    saved = _settings(tmp_path / "a")
+    assert saved["couplings"] == [0.25] and saved["strip"] == "2x6" and saved["field"] == 0.0
+    # a run's config.json repeats it
+    assert main(["ising", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b")]) == 0
+    assert _settings(tmp_path / "b") == saved
     capsys.readouterr()
     assert main(["kl", "--config", str(tmp_path / "none.toml")]) == 2
     assert "not found; pass a TOML file such as configs/vi/kl.toml" in capsys.readouterr().err
@@ -177,20 +232,45 @@ def test_config_file_settings_and_overrides(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "command,extra,message",
+    [
+        ("lda", ["--set", "model.topcs=5"], "unknown config key model.topcs; known keys in [model]: alpha,"),
+        ("lda", ["--set", "topics=5"], "unknown config key topics; known keys at the top level: data, eval"),
+        ("lda", ["--set", 'model.topics="many"'], "model.topics must be an integer, got 'many'"),
+        ("lda", ["--topics", "2.5"], "model.topics must be an integer, got 2.5"),
+        ("lda", ["--mode", "sideways"], "train.mode must be one of 'batch', 'online'; got 'sideways'"),
+        ("lda", ["--set", "train.kappa=0.3"], "train.kappa must be in (0.5, 1]"),
+        ("lda", ["--set", "train=3"], "train must be a table of settings"),
+        ("lda", ["--set", "train.tau0"], "--set needs key=value"),
+        ("ising", ["--set", "fild=1"], "unknown config key fild; known keys at the top level: couplings,"),
+        ("ising", ["--set", "couplings=0.5"], "couplings must be a list, got 0.5"),
+        ("ising", ["--set", "sizes=[3]"], "sizes[0] must be a string, got 3"),
+        ("ising", ["--sizes", "20x20"], "20x20 is too large for exact log Z"),
+        ("kl", ["--set", "scales=[1, -1]"], "scales must be two positive numbers"),
+        ("kl", ["--set", "rho=high"], "rho must be a number, got 'high'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, command, extra, message):
+    assert main([command, *extra, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
     "text,message",
     [
-        ("topcs = 5\n", "unknown setting 'topcs' for `vaelab lda`; known settings: alpha, batch-size"),
-        ('topics = "many"\n', "topics must be an integer, got 'many'"),
-        ("topics = 2.5\n", "topics must be an integer, got 2.5"),
-        ('mode = "sideways"\n', "mode must be one of batch, online, got 'sideways'"),
-        ('fixed-alpha = "yes"\n', "fixed-alpha must be true or false"),
-        ("[lda]\ntopics = 5\n", "unknown setting 'lda'"),
-        ("topics = \n", "not valid TOML"),
+        ("[model]\ntopcs = 5\n", "unknown config key model.topcs; known keys in [model]"),
+        ('[model]\ntopics = "many"\n', "model.topics must be an integer, got 'many'"),
+        ('[train]\nmode = "sideways"\n', "train.mode must be one of 'batch', 'online'"),
+        ('[model]\nestimate_alpha = "yes"\n', "model.estimate_alpha must be true or false"),
+        ("topics = 5\n", "unknown config key topics"),
+        ("[model]\ntopics = \n", "not valid TOML"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, capsys, text, message):
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('corpus = "ap"\n' + text if not text.startswith("[") else text)
+    cfg.write_text(text)
     assert main(["lda", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -13,13 +13,16 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tomllib
 
 from vaelab.errors import VaelabError
+
+T = TypeVar("T")
 
 __all__ = [
     "DataConfig",
@@ -32,6 +35,10 @@ __all__ = [
     "parse_overrides",
     "apply_overrides",
     "config_from_dict",
+    "parse_override",
+    "nest_overrides",
+    "read_settings_file",
+    "settings_from_dict",
 ]
 
 
@@ -231,12 +238,17 @@ def from_dict(cls: type, data: dict, prefix: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         known = ", ".join(sorted(names))
-        raise VaelabError(f"unknown config key {prefix}.{unknown[0]}; known keys in [{prefix}]: {known}")
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
+        where = f"in [{prefix}]" if prefix else "at the top level"
+        raise VaelabError(f"unknown config key {_dotted(prefix, unknown[0])}; known keys {where}: {known}")
+    kwargs = {k: _convert(v, hints[k], _dotted(prefix, k)) for k, v in data.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(prefix)
     return obj
+
+
+def _dotted(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
 
 
 def to_dict(obj: Any) -> dict:
@@ -273,20 +285,25 @@ def config_from_dict(data: dict) -> RunConfig:
     )
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["train.lr=3e-4", "model.hidden=[256,256]"]`` -> nested dict of parsed values."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``: the value parsed as TOML, a bare word as a string."""
+    if "=" not in item:
+        raise VaelabError(f"--set needs key=value, got {item!r} (e.g. --set train.epochs=1)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise VaelabError(f"--set key {key!r} is not a dotted name like train.lr")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def nest_overrides(pairs: Iterable[tuple[str, Any]]) -> dict:
+    """``[("train.lr", 3e-4), ("model.hidden", [256])]`` -> nested dict; a later pair wins."""
     out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise VaelabError(f"--set needs key=value, got {item!r} (e.g. --set train.epochs=1)")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise VaelabError(f"--set key {key!r} is not a dotted name like train.lr")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
+    for key, value in pairs:
         node = out
         *parents, last = key.split(".")
         for part in parents:
@@ -295,6 +312,11 @@ def parse_overrides(items: list[str]) -> dict:
                 raise VaelabError(f"--set {key}: {part} is a value, not a section")
         node[last] = value
     return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.hidden=[256,256]"]`` -> nested dict of parsed values."""
+    return nest_overrides(parse_override(item) for item in items)
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:
@@ -324,6 +346,31 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a TOML preset, apply ``--set`` overrides, and validate it all."""
     data = apply_overrides(read_toml(path), parse_overrides(overrides or []))
     return config_from_dict(data)
+
+
+def read_settings_file(path: str | Path, example: str) -> dict:
+    """Settings from a TOML file, or from a run's saved ``config.json`` (to repeat that run)."""
+    path = Path(path)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise VaelabError(f"config file {path} is not valid JSON ({exc}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise VaelabError(f"config file {path} holds no table of settings; pass a file such as {example}")
+        return data
+    return read_toml(path, example=example)
+
+
+def settings_from_dict(cls: type[T], data: dict, overrides: Iterable[tuple[str, Any]] = ()) -> T:
+    """The typed settings ``cls`` (a dataclass tree) from ``data`` with dotted ``overrides`` applied.
+
+    The same conversion and validation as a run config: unknown keys and values of the wrong type are
+    a :class:`~vaelab.errors.VaelabError` naming the key and the keys that exist.
+    """
+    if not isinstance(data, dict):
+        raise VaelabError(f"settings must be a table, got {data!r}")
+    return from_dict(cls, apply_overrides(data, nest_overrides(overrides)), "")
 
 
 def dump_json(cfg: RunConfig) -> str:

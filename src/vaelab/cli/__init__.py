@@ -12,7 +12,6 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from vaelab.errors import VaelabError
 
@@ -54,56 +53,6 @@ def _load_commands() -> None:
                 raise
 
 
-def _typed(path: str, key: str, value, action: argparse.Action):
-    """``value`` from a TOML file as ``action`` would have parsed it from a flag, or a VaelabError."""
-    if action.nargs == 0 and isinstance(action.const, bool):  # --flag (store_true / store_false)
-        want, ok = "true or false", isinstance(value, bool)
-    elif action.type is int:
-        want, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
-    elif action.type is float:
-        want, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif action.type in (None, str):
-        want, ok = "a string", isinstance(value, str)
-    else:  # a parsing function of the flag's text
-        want, ok = "valid", isinstance(value, str)
-        try:
-            value = action.type(value) if ok else value
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            ok = False
-    if not ok:
-        raise VaelabError(f"{path}: {key} must be {want}, got {value!r}")
-    return value
-
-
-def config_file_values(path: str, parser: argparse.ArgumentParser) -> dict:
-    """The settings of a TOML file for a subcommand whose options are argparse flags (``--config``).
-
-    Keys are the flags' names without ``--`` (``batch-size`` or ``batch_size``), positionals by
-    name (``corpus``); each value is checked against its option's type and choices. Flags given on
-    the command line override the file. Unknown keys and wrong types name the key and the file.
-    """
-    from vaelab.config import read_toml
-
-    presets = sorted(Path("configs/vi").glob(f"{parser.prog.split()[-1]}*.toml"))
-    data = read_toml(path, example=str(presets[0]) if presets else "configs/vi/lda_ap.toml")
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config_file", "_run")}
-    values = {}
-    for key, value in data.items():
-        dest = key.replace("-", "_")
-        action = actions.get(dest)
-        if action is None or isinstance(value, dict):
-            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
-            raise VaelabError(f"{path}: unknown setting {key!r} for `vaelab {parser.prog.split()[-1]}`; "
-                              f"known settings: {known}")
-        value = _typed(path, key, value, action)
-        if action.choices is not None and value not in action.choices:
-            options = ", ".join(map(str, action.choices))
-            raise VaelabError(f"{path}: {key} must be one of {options}, got {value!r}")
-        values[dest] = value
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     _load_commands()
     from vaelab import __version__
@@ -117,21 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run)
-    parser.subcommands = sub.choices  # name -> its parser (for --config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    args._argv = argv  # the command as typed, for the run folder's command.txt
     try:
-        if getattr(args, "config_file", None):  # a TOML file of settings; flags on the command line win
-            sub = parser.subcommands[args.command]
-            sub.set_defaults(**config_file_values(args.config_file, sub))
-            args = parser.parse_args(argv)
         code = args._run(args)
     except VaelabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,7 +29,6 @@ __all__ = [
     "reverse_kl_cavi",
     "reverse_kl_closed_form",
     "forward_kl_fit",
-    "plot_fits",
 ]
 
 
@@ -114,64 +113,3 @@ def reverse_kl_cavi(
         check_every_update=check_every_update,
     )
     return DiagonalGaussian(trace.state, var), trace, path
-
-
-def plot_fits(mu, cov, q_reverse: DiagonalGaussian, q_forward: DiagonalGaussian, path=None):
-    """p's density contours with the 1- and 2-sigma ellipses of both fits; returns a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.patches import Ellipse
-
-    mu_np = _as64(mu).numpy()
-    cov_np = _as64(cov).numpy()
-    span = 3.2 * np.sqrt(np.diag(cov_np)).max()
-    xs = np.linspace(mu_np[0] - span, mu_np[0] + span, 200)
-    ys = np.linspace(mu_np[1] - span, mu_np[1] + span, 200)
-    gx, gy = np.meshgrid(xs, ys)
-    diff = np.stack([gx - mu_np[0], gy - mu_np[1]], -1)
-    maha = np.einsum("...i,ij,...j->...", diff, np.linalg.inv(cov_np), diff)
-    fig, ax = plt.subplots(figsize=(5.2, 5.2))
-    ax.contour(gx, gy, maha, levels=[1.0, 4.0], colors="0.25", linewidths=1.2)
-    ax.plot([], [], color="0.25", label="p (1σ, 2σ)")
-    for q, color, label in (
-        (q_reverse, "tab:red", "reverse KL(q‖p), CAVI"),
-        (q_forward, "tab:blue", "forward KL(p‖q)"),
-    ):
-        m = q.mean.numpy()
-        sd = np.sqrt(q.var.numpy())
-        for k in (1.0, 2.0):
-            ax.add_patch(
-                Ellipse(
-                    m,
-                    2 * k * sd[0],
-                    2 * k * sd[1],
-                    fill=False,
-                    color=color,
-                    lw=1.6,
-                    ls="-" if k == 1 else "--",
-                )
-            )
-        ax.plot([], [], color=color, label=label)
-    if path is not None:
-        pts = np.stack([p.numpy() for p in path])
-        ax.plot(
-            pts[:, 0],
-            pts[:, 1],
-            ".-",
-            color="tab:red",
-            alpha=0.5,
-            ms=4,
-            lw=0.8,
-            label="CAVI path of the means",
-        )
-    ax.set_xlim(xs[0], xs[-1])
-    ax.set_ylim(ys[0], ys[-1])
-    ax.set_aspect("equal")
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Mean-field fits to a correlated Gaussian")
-    return fig

@@ -115,7 +115,7 @@ def test_declared_interfaces_hold(name, i):
     if isinstance(model, DiscreteCodeModel):
         codes = model.encode_codes(x)
         assert codes.dtype == torch.long and codes.shape[0] == b
-        assert 0 <= codes.min() and codes.max() < model.codebook_size
+        assert codes.min() >= 0 and codes.max() < model.codebook_size
         assert model.decode_codes(codes).shape == x.shape
     if isinstance(model, AutoregressivePrior):
         c = model.sample(3)

@@ -198,6 +198,11 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
         """E[x | z = E_q[z|x]]: (B, *shape)."""
         return self.decode_mean(self.encode(x).mean)
 
+    @torch.no_grad()
+    def samples_section(self, n: int) -> ImagesSection:
+        return ImagesSection(name="samples", title="Samples", caption=f"{n} samples from the model.",
+                             images=self.sample(n).cpu().numpy())
+
     # ------------------------------------------------------------------ what the run code asks of a model
     def check_data(self, examples: Tensor) -> None:
         self.head.check_data(examples)
@@ -213,8 +218,7 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
             out.append(ReconstructionsSection(
                 name="reconstructions", title="Reconstructions", caption=pairs,
                 original=x[:16].cpu().numpy(), reconstruction=self.reconstruct(x[:16]).cpu().numpy()))
-        out.append(ImagesSection(name="samples", title="Samples", caption=f"{inputs.n_samples} samples from "
-                                 "the model.", images=self.sample(inputs.n_samples).cpu().numpy()))
+        out.append(self.samples_section(inputs.n_samples))
         if self.config.latent_dim == 2:
             n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
             p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=self.device)

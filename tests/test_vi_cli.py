@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vaelab.cli import main
-from vaelab.vi.corpus import data_root
+from vaelab.data.registry import data_root
 from vaelab.vi.lda import LDAModel, sample_corpus
 
 # small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)
@@ -149,7 +149,7 @@ def test_vi_presets_are_valid_settings_of_their_command():
     from pathlib import Path
 
     from vaelab.config import read_toml, settings_from_dict
-    from vaelab.vi.runs import EXPERIMENTS
+    from vaelab.vi_runs import EXPERIMENTS
 
     presets = sorted(Path("configs/vi").glob("*.toml"))
     assert {p.stem.split("_")[0] for p in presets} == set(EXPERIMENTS)
@@ -163,7 +163,7 @@ def test_lda_defaults_are_the_benchmarked_settings():
     """BENCHMARKS.md: online VB with minibatches of 128 and tau0 = 10, 10 passes; batch EM 20 passes."""
     from vaelab.config import settings_from_dict
     from vaelab.vi.lda import BatchLDA, OnlineLDA
-    from vaelab.vi.runs import LDASettings
+    from vaelab.vi_runs import LDASettings
 
     online = settings_from_dict(LDASettings, {}, [("train.mode", "online")]).fitter()
     assert isinstance(online, OnlineLDA)

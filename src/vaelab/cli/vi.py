@@ -1,6 +1,6 @@
 """Classical variational inference subcommands: ``kl``, ``lda``, ``ising``.
 
-Each parses its settings (``vaelab.vi.runs``: ``--config FILE``, then its flags and ``--set
+Each parses its settings (``vaelab.vi_runs``: ``--config FILE``, then its flags and ``--set
 key=value`` in the order given; every flag is a shorthand for one ``--set``), calls the experiment's
 run function, which writes ``runs/<name>/`` and its report, and prints the numbers.
 """
@@ -15,7 +15,7 @@ from vaelab.cli.settings import add_settings_arguments, settings_from_args, shor
 
 
 def _common(p: argparse.ArgumentParser, name: str, seed_key: str) -> None:
-    from vaelab.vi.runs import EXPERIMENTS
+    from vaelab.vi_runs import EXPERIMENTS
 
     add_settings_arguments(p, EXPERIMENTS[name].preset)
     shorthand(p, "--seed", seed_key, "random seed")
@@ -24,7 +24,7 @@ def _common(p: argparse.ArgumentParser, name: str, seed_key: str) -> None:
 
 def _run(name: str, args: argparse.Namespace, first: list | None = None, **options) -> int:
     from vaelab.runfolder import command_line
-    from vaelab.vi.runs import EXPERIMENTS
+    from vaelab.vi_runs import EXPERIMENTS
 
     exp = EXPERIMENTS[name]
     settings = settings_from_args(exp.settings, args, exp.preset, first)

@@ -424,9 +424,9 @@ def run_lda(
     """Fit LDA, evaluate it on held-out documents, and write the run folder (with ``model/``)."""
     from tqdm import tqdm
 
+    from vaelab.data.ap import resolve_corpus
     from vaelab.report.html import Section, table_html
     from vaelab.report.vi_plots import topic_proportions_figure
-    from vaelab.vi.corpus import resolve_corpus
     from vaelab.vi.lda import torch_threads, unigram_perplexity
 
     d, t = settings.data, settings.train

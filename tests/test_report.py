@@ -291,18 +291,22 @@ def test_every_section_kind_round_trips_and_has_a_renderer(tmp_path: Path) -> No
                          logy=True),
         sec.ImageFileSection(name="i", title="I", image=_tiny_png(), caption="drawn elsewhere"),
         sec.MetricsSection(name="j", title="J", values={"elbo": -90.5, "elbo_stderr": 0.25, "split": "test"}),
+        sec.CurvesSection(name="k", title="K", x=np.array([[0.0, 1.0, np.nan], [0.0, 0.5, 1.0]]),
+                          y=rng.random((2, 3)), labels=["a", "a"], styles=["-", "--"], equal_aspect=True),
+        sec.HeatmapSection(name="l", title="L", values=rng.random((3, 7)), xlabel="doc", colorbar="p"),
     ]
     assert {type(s) for s in examples} == set(sec.SECTION_KINDS.values()), "add an example of every kind"
     assert set(RENDERERS) == set(sec.SECTION_KINDS)
     sec.write_sections(tmp_path, examples[:4])
     sec.write_sections(tmp_path, examples[3:])  # "d" again: replaced in place, not repeated
     back = sec.read_sections(tmp_path)
-    assert [s.name for s in back] == list("abcdefghij")
+    assert [s.name for s in back] == list("abcdefghijkl")
     for s, r in zip(examples, back):
         assert type(r) is type(s)
         for f in s.__dataclass_fields__:
             a, b = getattr(s, f), getattr(r, f)
-            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, (s.name, f)
+            same = np.array_equal(a, b, equal_nan=True) if isinstance(a, np.ndarray) else a == b
+            assert same, (s.name, f)
         block = render_section(r)
         assert "class='note'" not in block.body, block.body
         assert block.figures or block.body
@@ -531,3 +535,12 @@ def test_a_run_page_is_rebuilt_from_its_source_with_figures_saved_once(tmp_path:
     (tmp_path / "report.html").unlink()
     assert rebuild_run_page(tmp_path).read_text() == page
     assert build_report(tmp_path).read_text() == page  # `vaelab report` takes the same path
+
+
+def test_curves_and_heatmap_of_the_wrong_shape_become_notes() -> None:
+    from vaelab.report.render import render_section
+
+    bad = sec.CurvesSection(name="k", title="K", x=np.zeros((2, 3)), y=np.zeros((2, 4)))
+    assert "x has shape (2, 3) but y has (2, 4)" in render_section(bad).body
+    bad = sec.HeatmapSection(name="l", title="L", values=np.zeros(3))
+    assert "a heat map needs a 2-D array, got shape (3,)" in render_section(bad).body

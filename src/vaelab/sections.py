@@ -63,6 +63,8 @@ __all__ = [
     "TextSection",
     "AudioSection",
     "LinesSection",
+    "CurvesSection",
+    "HeatmapSection",
     "ImageFileSection",
     "MetricsSection",
     "UnreadableSection",
@@ -183,6 +185,37 @@ class LinesSection(Section):
     ylabel: str = ""
     logx: bool = False
     logy: bool = False
+
+
+@section_kind("curves")
+@dataclass(kw_only=True)
+class CurvesSection(Section):
+    """Curves in the plane, each with its own points: ``x`` and ``y`` (M, N), one row per curve
+    (NaN ends a shorter curve), ``labels`` (M names, "" for none), ``styles`` (M matplotlib format
+    strings such as "-", "--", ".-"; default solid), ``colors`` (M matplotlib colours; default by
+    label, so a curve sharing its predecessor's label shares its colour), axis names, and
+    ``equal_aspect`` for geometry (one unit the same length on both axes)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: list[str] = field(default_factory=list)
+    styles: list[str] = field(default_factory=list)
+    colors: list[str] = field(default_factory=list)
+    xlabel: str = ""
+    ylabel: str = ""
+    equal_aspect: bool = False
+
+
+@section_kind("heatmap")
+@dataclass(kw_only=True)
+class HeatmapSection(Section):
+    """A matrix drawn as colours: ``values`` (R, C), row r at height r; axis names and the colour
+    bar's label as options."""
+
+    values: np.ndarray
+    xlabel: str = ""
+    ylabel: str = ""
+    colorbar: str = ""
 
 
 @section_kind("image")

@@ -135,7 +135,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 def _subtitle(config: Mapping[str, Any], run: Path) -> str:
     parts = []
     model = config.get("model")
-    if isinstance(model, Mapping):
+    if isinstance(model, Mapping) and "name" in model:
         facts = []
         if "latent_dim" in model:
             facts.append(f"latent {model['latent_dim']}")
@@ -255,7 +255,7 @@ def _run_sections(run: Path, version: int, ev: dict[str, Any] | None, ev_note: s
         note = f"No sections.json in the run folder: run `vaelab eval {run}` to write its figures."
         return [Section("Figures", note_html(note))]
     blocks = render_sections(found)
-    if ev is None and not any(s.name == "evaluation" for s in found):
+    if ev is None and ev_note and not any(s.name == "evaluation" for s in found):
         blocks.append(Section("Evaluation", note_html(ev_note)))
     return blocks
 
@@ -359,13 +359,17 @@ def build_report(run_dir: str | Path) -> Path:
         config = _read_json(run / "config.json")
     except (OSError, ValueError) as e:
         config, config_note = None, f"config.json could not be read: {e}"
-    if isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
+    version = run_version(run)  # a folder newer than this vaelab is refused in one line
+    if version < 2 and isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
         # a folder of vaelab kl / lda / ising from before pages kept their source: leave its page
         raise VaelabError(
             f"{run} was written by `{_first_words(run / 'command.txt')}`, whose report this version "
             "cannot rebuild from the folder; run that command again to write it"
         )
-    version = run_version(run)  # a folder newer than this vaelab is refused in one line
+    # a run of a registered model (config model.name) is trained and evaluated: its page has the
+    # training summary, curves and evaluation; other runs (vaelab kl, lda, ising) have their sections
+    model = config.get("model") if isinstance(config, dict) else None
+    model_run = isinstance(model, dict) and "name" in model
     ev_note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
     try:
         ev = _read_json(run / "eval.json")
@@ -374,10 +378,10 @@ def build_report(run_dir: str | Path) -> Path:
     rows = read_metrics(run / "metrics.jsonl")
 
     sections = [
-        _summary(rows, ev, ev_note),
+        _summary(rows, ev, ev_note) if model_run else None,
         _chain(run, config),
-        _curves(rows),
-        *_run_sections(run, version, ev, ev_note),
+        _curves(rows) if model_run else None,
+        *_run_sections(run, version, ev, ev_note if model_run else ""),
         _other_figures(run / "figures"),
         _configuration(config, config_note),
         _command(run),

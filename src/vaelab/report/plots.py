@@ -19,6 +19,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "image_grid",
@@ -27,6 +28,8 @@ __all__ = [
     "latent_scatter",
     "training_curves",
     "line_plot",
+    "curves_plot",
+    "heatmap",
 ]
 
 DPI = 100
@@ -437,4 +440,59 @@ def line_plot(
     ax.grid(alpha=0.3)
     if labels:
         ax.legend(frameon=False)
+    return fig
+
+
+def curves_plot(
+    x: Any, y: Any, labels: Sequence[str] = (), styles: Sequence[str] = (), colors: Sequence[str] = (),
+    xlabel: str = "", ylabel: str = "", equal_aspect: bool = False,
+) -> Figure:
+    """Curves with their own points: ``x``, ``y`` (M, N), one curve per row, NaN ending a shorter one.
+
+    ``styles``: matplotlib format strings per curve ("-", "--", ".-"); ``colors`` per curve, else one
+    colour per distinct label in order. A curve is named in the legend once per label.
+
+    Raises:
+        ValueError: when ``x`` and ``y`` differ in shape.
+    """
+    xs, ys = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
+    if xs.shape != ys.shape:
+        raise ValueError(f"x has shape {xs.shape} but y has {ys.shape}")
+    fig = Figure(figsize=(5.6, 5.2) if equal_aspect else (6.0, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    by_label: dict[str, str] = {}
+    for i, (cx, cy) in enumerate(zip(xs, ys)):
+        label = labels[i] if i < len(labels) else ""
+        color = colors[i] if i < len(colors) and colors[i] else None
+        color = color or by_label.setdefault(label, f"C{len(by_label)}")
+        style = styles[i] if i < len(styles) and styles[i] else "-"
+        first = bool(label) and label not in ax.get_legend_handles_labels()[1]
+        ax.plot(cx, cy, style, color=color, lw=1.4, ms=4, label=label if first else None)
+    if equal_aspect:
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if any(labels):
+        ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def heatmap(values: Any, xlabel: str = "", ylabel: str = "", colorbar: str = "") -> Figure:
+    """A matrix (R, C) as colours, row r at height r, with a colour bar.
+
+    Raises:
+        ValueError: when ``values`` is not a 2-D array.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2:
+        raise ValueError(f"a heat map needs a 2-D array, got shape {v.shape}")
+    fig = Figure(figsize=(7.0, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(v, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower")
+    fig.colorbar(im, ax=ax, fraction=0.04, label=colorbar)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rows and columns are counted
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     return fig

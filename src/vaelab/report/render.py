@@ -171,6 +171,17 @@ def _lines(s: sec.LinesSection) -> Block:
     return _figure(s, fig, "")
 
 
+@renderer("curves")
+def _curves(s: sec.CurvesSection) -> Block:
+    fig = plots.curves_plot(s.x, s.y, s.labels, s.styles, s.colors, s.xlabel, s.ylabel, s.equal_aspect)
+    return _figure(s, fig, "")
+
+
+@renderer("heatmap")
+def _heatmap(s: sec.HeatmapSection) -> Block:
+    return _figure(s, plots.heatmap(s.values, s.xlabel, s.ylabel, s.colorbar), "")
+
+
 @renderer("image")
 def _image(s: sec.ImageFileSection) -> Block:
     if image_mime(s.image) is None:

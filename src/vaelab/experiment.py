@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
 from vaelab.train.loop import Trainer
+
+if TYPE_CHECKING:
+    from vaelab.data import DataBundle
 
 __all__ = [
     "resolve_device",
@@ -75,7 +79,7 @@ class Prepared:
     cfg: RunConfig
     model: Model
     spec: DataSpec
-    bundle: object  # vaelab.data.DataBundle
+    bundle: DataBundle
     train: TensorBatches
     valid: TensorBatches | None
     test: TensorBatches | None

@@ -116,6 +116,8 @@ def _run_cli(*args, env=None):
         (["train", SMOKE, "--set", "data.name=nosuchset"], "unknown dataset 'nosuchset'"),
         (["train", SMOKE, "--set", "data.name=ap"], "'ap' is a text corpus"),
         (["train", SMOKE, "--device", "cuda"], "no CUDA GPU is visible"),
+        # a Bernoulli likelihood on the digits' 17 grey levels: no density; the fix is named
+        (["train", SMOKE, "--set", "data.binarize=none"], "data.binarize to dynamic/fixed/threshold, or use"),
         (["eval", "runs/does-not-exist"], "does not exist"),
     ],
 )

@@ -111,7 +111,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         else None
     )
     if hasattr(model, "head") and not bundle.dynamic:
-        model.head.check_data(bundle.train[: min(len(bundle.train), 1000)])
+        model.head.check_data(bundle.train)
     return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
 
 

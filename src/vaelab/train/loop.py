@@ -500,7 +500,7 @@ class Trainer:
                         if self._should_stop(log_every):
                             break
             self._assert_healthy()  # a partial logging window: check it before the final checkpoint
-        except NonFiniteLoss as exc:
+        except (NonFiniteLoss, ckpt.CheckpointWriteError) as exc:  # no final checkpoint on the way out
             self.failure = str(exc)
             raise
         finally:

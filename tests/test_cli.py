@@ -204,6 +204,7 @@ def test_users_own_data_trains_with_no_code(tmp_path):
     assert json.loads((out / "eval.json").read_text())["n_dims"] == 35
 
 
+@pytest.mark.datasets("frey")
 def test_frey_face_with_a_learned_variance_gaussian_decoder(tmp_path, data_root):
     out = tmp_path / "frey"
     assert main(["train", str(ROOT / "configs" / "smoke_vae_frey.toml"), "--out", str(out), "--quiet"]) == 0

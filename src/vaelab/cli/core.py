@@ -138,9 +138,9 @@ def train_cmd(args: argparse.Namespace) -> int:
         f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
         f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}"
     )
-    if trainer.stop_reason and "interrupted" in trainer.stop_reason:
+    if trainer.stop_signal is not None:
         print(f"resume with: vaelab train --resume --out {run_dir}")
-        return 130
+        return 128 + trainer.stop_signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     if not args.no_eval:
         result = evaluate_run(run_dir, device, progress=args.progress)
         print(format_eval(result))

@@ -25,7 +25,6 @@ from torch.distributions import Distribution
 from vaelab import estimators
 from vaelab.distributions import diag_gaussian, likelihood_head, standard_normal
 from vaelab.errors import VaelabError
-from vaelab.models import vae_fused
 from vaelab.models.base import LossOutput, Model, ModelConfig, register_model
 from vaelab.nn import MLP
 from vaelab.spec import DataSpec
@@ -81,7 +80,7 @@ class VAE(Model):
             raise VaelabError(f"the MLP VAE models images or vectors, not {spec.kind!r} data")
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
-        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation, data_input=True)
+        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation)
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
@@ -151,15 +150,6 @@ class VAE(Model):
         self._beta = beta
 
     def loss(self, batch: Tensor) -> LossOutput:
-        cfg = self.config
-        plan = (vae_fused.plan(self.encoder, self.decoder)
-                if self.training and torch.is_grad_enabled() and cfg.objective == "elbo" and cfg.analytic_kl
-                else None)
-        if plan is not None:
-            # the same ELBO and gradients, computed as one autograd node (see vaelab.models.vae_fused)
-            loss, reconstruction, kl = vae_fused.fused_elbo(batch.flatten(1), plan, self.head, cfg.n_samples,
-                                                            self._beta)
-            return LossOutput(loss=loss, elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
         if self.training and self._annealing:
             terms = self.bound(batch, kl_weight=self._kl_weight)
             elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective

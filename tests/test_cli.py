@@ -149,8 +149,7 @@ def test_ddp_two_processes(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
+        "--standalone",  # a free port: no clash with another run of this test on the machine
         "-m",
         "vaelab.cli",
         "train",

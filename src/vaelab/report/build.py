@@ -73,6 +73,7 @@ _EVAL_LABELS = {
     "latent_dim": "Latent size",
     "ess_mean": "Mean effective sample size",
     "ess_min": "Smallest effective sample size",
+    "is_reliable": "IS estimate reliable (mean ESS >= min(10, K/2))",
     "seconds": "Evaluation time",
     "weights": "Weights",
     "checkpoint": "Checkpoint",
@@ -244,6 +245,8 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
         table.append(("Best validation ELBO (nats)", _num(max(r["elbo"] for r in valid), "elbo")))
     body = table_html(("Quantity", "Value"), table, cls="kv") if table else ""
     notes = [ev_note] if ev is None and ev_note else []
+    if ev is not None and ev.get("is_warning"):
+        notes.append(f"Warning: {ev['is_warning']}")
     if not rows:
         notes.append("No training metrics (metrics.jsonl is missing or has no complete line).")
     return Section("Summary", body + "".join(note_html(n) for n in notes))
@@ -340,11 +343,13 @@ def _evaluation(ev: dict[str, Any] | None, ev_note: str) -> Section:
         return sec
     rows = []
     for key, value in ev.items():
-        if key.endswith("_stderr") and key[: -len("_stderr")] in ev:
-            continue  # shown as ± beside its value
+        if key.endswith("_stderr") and key[: -len("_stderr")] in ev or key == "is_warning":
+            continue  # shown as ± beside its value; the warning above the table
         label = _EVAL_LABELS.get(key, key)
         rows.append((label, _with_stderr(ev, key) if isinstance(value, (int, float)) else _num(value, key)))
     sec.body = table_html(("Quantity", "Value"), rows, cls="kv")
+    if ev.get("is_warning"):
+        sec.body = note_html(f"Warning: {ev['is_warning']}") + sec.body
     return sec
 
 

@@ -125,7 +125,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         else None
     )
     if not bundle.dynamic:
-        model.check_data(bundle.train[: min(len(bundle.train), 1000)])
+        model.check_data(bundle.train)
     return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
 
 
@@ -392,6 +392,8 @@ def format_eval(result: dict) -> str:
             f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
             f"ESS mean {result['ess_mean']:.0f})"
         )
+        if result.get("is_warning"):
+            lines.append(f"warning: {result['is_warning']}")
         lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "elbo" in result:
         lines.append(f"ELBO         {result['elbo']:.2f} nats")

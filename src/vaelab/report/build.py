@@ -182,6 +182,8 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
         table.append(("Best validation ELBO (nats)", _num(max(r["elbo"] for r in valid), "elbo")))
     body = table_html(("Quantity", "Value"), table, cls="kv") if table else ""
     notes = [ev_note] if ev is None and ev_note else []
+    if ev is not None and ev.get("is_warning"):
+        notes.append(f"Warning: {ev['is_warning']}")
     if not rows:
         notes.append("No training metrics (metrics.jsonl is missing or has no complete line).")
     return Section("Summary", body + "".join(note_html(n) for n in notes))

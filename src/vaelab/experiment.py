@@ -34,7 +34,7 @@ from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
 from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
-from vaelab.sections import MetricsSection, Section, write_sections
+from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
@@ -125,7 +125,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         else None
     )
     if not bundle.dynamic:
-        model.check_data(bundle.train[: min(len(bundle.train), 1000)])
+        model.check_data(bundle.train)
     return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
 
 
@@ -318,7 +318,7 @@ def evaluate_run(
     if run_version(run_dir) < 2:  # a version 1 folder becomes version 2 by gaining its sections
         write_run_file(run_dir)
     write_report_sections(run_dir, model, shown, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
-    write_sections(run_dir, [MetricsSection(name="evaluation", title="Evaluation", values=result)])
+    write_sections(run_dir, [evaluation_section(result)])
     return result
 
 
@@ -392,6 +392,8 @@ def format_eval(result: dict) -> str:
             f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
             f"ESS mean {result['ess_mean']:.0f})"
         )
+        if result.get("is_warning"):
+            lines.append(f"warning: {result['is_warning']}")
         lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "elbo" in result:
         lines.append(f"ELBO         {result['elbo']:.2f} nats")

@@ -73,7 +73,7 @@ def _peak_mib() -> float:
 
 
 def _load_split():
-    from vaelab.vi.corpus import load_ap
+    from vaelab.data.ap import load_ap
 
     return load_ap().train_test_split(HELDOUT, seed=SEED)
 

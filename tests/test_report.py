@@ -201,18 +201,23 @@ def test_summary_has_run_facts_from_the_last_complete_metrics_line(tmp_path: Pat
     assert "IS log p(x) (nats, test, K = 5000)" in summary
 
 
-def test_an_unreliable_is_estimate_is_flagged_in_the_summary_and_the_evaluation(tmp_path: Path) -> None:
+def _write_eval(run: Path, ev: dict[str, Any]) -> None:
+    """What `vaelab eval` writes: eval.json, and (version 2) the evaluation section."""
+    (run / "eval.json").write_text(json.dumps(ev))
+    if (run / "run.json").is_file():
+        sec.write_sections(run, [sec.evaluation_section(ev)])
+
+
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_an_unreliable_is_estimate_is_flagged_in_the_summary_and_the_evaluation(
+    tmp_path: Path, layout: str
+) -> None:
     from vaelab.experiment import format_eval
 
-    run, _ = make_run(tmp_path)
+    run, _ = make_run(tmp_path, layout=layout)
     warning = "unreliable IS estimate: mean effective sample size 4.0 of K=5000 is below 10, ..."
     ev = {**EVAL, "ess_mean": 4.0, "is_reliable": False, "is_warning": warning}
-
-    def evaluated(values: dict) -> None:  # as `vaelab eval` writes them: eval.json and the section
-        (run / "eval.json").write_text(json.dumps(values))
-        sec.write_sections(run, [sec.MetricsSection(name="evaluation", title="Evaluation", values=values)])
-
-    evaluated(ev)
+    _write_eval(run, ev)
     page = build_report(run).read_text(encoding="utf-8")
     summary, evaluation = (page.split(f">{t}</h2>")[1].split("<h2")[0] for t in ("Summary", "Evaluation"))
     for section in (summary, evaluation):
@@ -221,7 +226,7 @@ def test_an_unreliable_is_estimate_is_flagged_in_the_summary_and_the_evaluation(
     assert "<td>IS estimate reliable (mean ESS &gt;= min(10, K/2))</td><td>false</td>" in evaluation
     assert f"\nwarning: {warning}\n" in format_eval(ev)
     # a reliable estimate: no warning anywhere
-    evaluated({**EVAL, "is_reliable": True, "is_warning": None})
+    _write_eval(run, {**EVAL, "is_reliable": True, "is_warning": None})
     page = build_report(run).read_text(encoding="utf-8")
     assert "Warning" not in page and "<td>true</td>" in page
     assert "warning" not in format_eval({**EVAL, "is_reliable": True, "is_warning": None})
@@ -564,6 +569,27 @@ def test_a_run_page_is_rebuilt_from_its_source_with_figures_saved_once(tmp_path:
     (tmp_path / "report.html").unlink()
     assert rebuild_run_page(tmp_path).read_text() == page
     assert build_report(tmp_path).read_text() == page  # `vaelab report` takes the same path
+
+
+def test_a_run_without_a_model_reports_its_sections(tmp_path: Path) -> None:
+    """A version 2 folder of a command that trains no model (vaelab lda, kl, ising) is drawn from its
+    sections like any other run."""
+    run = tmp_path / "lda"
+    run.mkdir()
+    write_run_file(run)
+    (run / "config.json").write_text(json.dumps({"name": "lda", "lda": {"topics": 3}}))
+    (run / "command.txt").write_text("vaelab lda ap --topics 3\n")
+    sec.write_sections(run, [
+        sec.TableSection(name="topics", title="Topics", header=["topic", "words"],
+                         rows=[[0, "a b"], [1, "c d"]]),
+        sec.LinesSection(name="bound", title="ELBO by iteration", x=np.arange(4.0),
+                         y=np.array([[-9, -7, -6, -5.5]]), labels=["ELBO"], xlabel="iteration"),
+        sec.MetricsSection(name="heldout", title="Held-out", values={"perplexity": 3079.0}),
+    ])
+    page = build_report(run).read_text(encoding="utf-8")
+    for title in ("Topics", "ELBO by iteration", "Held-out", "Configuration", "Command"):
+        assert f">{title}</h2>" in page
+    assert "<td>Perplexity</td><td>3079</td>" in page and "lda.topics" in page
 
 
 def test_curves_and_heatmap_of_the_wrong_shape_become_notes() -> None:

@@ -30,6 +30,8 @@ def _run_folder_ok(run, kinds):
     page = (run / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     assert "Could not" not in page
+    # a command's own sections, no training summary, curves or evaluation note of a model's run
+    assert not {"Summary", "Training curves", "Evaluation"} & set(_headings(page))
     # `vaelab report` draws the same page again from the folder alone
     (run / "report.html").unlink()
     assert main(["report", str(run)]) == 0

@@ -34,7 +34,7 @@ from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
 from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
-from vaelab.sections import MetricsSection, Section, write_sections
+from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
@@ -318,7 +318,7 @@ def evaluate_run(
     if run_version(run_dir) < 2:  # a version 1 folder becomes version 2 by gaining its sections
         write_run_file(run_dir)
     write_report_sections(run_dir, model, shown, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
-    write_sections(run_dir, [MetricsSection(name="evaluation", title="Evaluation", values=result)])
+    write_sections(run_dir, [evaluation_section(result)])
     return result
 
 

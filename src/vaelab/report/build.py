@@ -235,31 +235,36 @@ def legacy_sections(run: Path, ev: dict[str, Any] | None) -> list[sec.Section]:
         if s is not None:
             out.append(s)
     if ev is not None:
-        out.append(sec.MetricsSection(name="evaluation", title="Evaluation", values=ev))
+        out.append(sec.evaluation_section(ev))
     return out
 
 
-def _run_sections(run: Path, version: int, ev: dict[str, Any] | None, ev_note: str) -> list[Section]:
-    """The run's own sections (figures, tables, samples, evaluation) as page blocks."""
+def _run_sections(run: Path, version: int) -> tuple[list[sec.Section], str]:
+    """The run's own sections (figures, tables, samples, its evaluation), and a note for what is
+    missing. Version 2 reads sections.json; version 1 its fixed figure files and eval.json."""
     if version < 2:
-        blocks = render_sections(legacy_sections(run, ev))
-        if ev is None:
-            blocks.append(Section("Evaluation", note_html(ev_note)))
-        if not any(b.figures for b in blocks):
-            blocks.insert(0, Section("Figures", note_html(
-                f"No figures in the run folder: run `vaelab eval {run}` to draw them.")))
-        return blocks
+        note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
+        try:
+            ev = _read_json(run / "eval.json")
+        except (OSError, ValueError) as e:
+            ev, note = None, f"eval.json could not be read ({e}); run `vaelab eval {run}` again."
+        found = legacy_sections(run, ev)
+        if not any(s.name != sec.EVALUATION for s in found):
+            note += f" No figures in the run folder: `vaelab eval {run}` draws them."
+        return found, note
     try:
-        found = sec.read_sections(run)
+        note = f"No evaluation: run `vaelab eval {run}` to write its figures and numbers."
+        return sec.read_sections(run), note
     except VaelabError as e:
-        return [Section("Figures", note_html(str(e)))]
-    if not found:
-        note = f"No sections.json in the run folder: run `vaelab eval {run}` to write its figures."
-        return [Section("Figures", note_html(note))]
-    blocks = render_sections(found)
-    if ev is None and ev_note and not any(s.name == "evaluation" for s in found):
-        blocks.append(Section("Evaluation", note_html(ev_note)))
-    return blocks
+        return [], str(e)
+
+
+def _evaluation_values(found: list[sec.Section]) -> dict[str, Any] | None:
+    """eval.json's numbers as the evaluation section holds them (its warnings as ``is_warning``)."""
+    for s in found:
+        if s.name == sec.EVALUATION and isinstance(s, sec.MetricsSection):
+            return {**s.values, **({"is_warning": " ".join(s.warnings)} if s.warnings else {})}
+    return None
 
 
 def _other_figures(fig_dir: Path) -> Section | None:
@@ -369,21 +374,21 @@ def build_report(run_dir: str | Path) -> Path:
             "cannot rebuild from the folder; run that command again to write it"
         )
     # a run of a registered model (config model.name) is trained and evaluated: its page has the
-    # training summary, curves and evaluation; other runs (vaelab kl, lda, ising) have their sections
+    # training summary, curves and evaluation; a run of another command (vaelab kl, lda, ising) has
+    # its own sections only
     model = config.get("model") if isinstance(config, dict) else None
     model_run = isinstance(model, dict) and "name" in model
-    ev_note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
-    try:
-        ev = _read_json(run / "eval.json")
-    except (OSError, ValueError) as e:
-        ev, ev_note = None, f"eval.json could not be read ({e}); run `vaelab eval {run}` again."
+    found, note = _run_sections(run, version)
+    ev = _evaluation_values(found)
     rows = read_metrics(run / "metrics.jsonl")
-
+    blocks = render_sections(found)
+    if ev is None and model_run:
+        blocks.append(Section("Evaluation", note_html(note)))
     sections = [
-        _summary(rows, ev, ev_note) if model_run else None,
+        _summary(rows, ev, note) if model_run else None,
         _chain(run, config),
         _curves(rows) if model_run else None,
-        *_run_sections(run, version, ev, ev_note if model_run else ""),
+        *blocks,
         _other_figures(run / "figures"),
         _configuration(config, config_note),
         _command(run),

@@ -123,8 +123,8 @@ def metrics_rows(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, value text) rows of a metrics dict; ``<key>_stderr`` goes beside ``<key>``."""
     rows = []
     for key, value in values.items():
-        if key.endswith("_stderr") and key[: -len("_stderr")] in values or key == "is_warning":
-            continue  # shown as ± beside its value; the warning above the table
+        if key.endswith("_stderr") and key[: -len("_stderr")] in values:
+            continue
         label = EVAL_LABELS.get(key, key)
         rows.append(
             (label, with_stderr(values, key) if isinstance(value, (int, float)) else format_value(value, key))
@@ -201,9 +201,8 @@ def _table(s: sec.TableSection) -> Block:
 @renderer("metrics")
 def _metrics(s: sec.MetricsSection) -> Block:
     cap = f"<p>{_html.escape(s.caption)}</p>" if s.caption else ""
-    if s.values.get("is_warning"):
-        cap = note_html(f"Warning: {s.values['is_warning']}") + cap
-    return Block(s.title, cap + table_html(("Quantity", "Value"), metrics_rows(s.values), cls="kv"))
+    warn = "".join(note_html(f"Warning: {w}") for w in s.warnings)
+    return Block(s.title, warn + cap + table_html(("Quantity", "Value"), metrics_rows(s.values), cls="kv"))
 
 
 @renderer("text")

@@ -182,7 +182,7 @@ def test_lda_defaults_are_the_benchmarked_settings():
     online = settings_from_dict(LDASettings, {}, [("train.mode", "online")]).fitter()
     assert isinstance(online, OnlineLDA)
     assert (online.config.batch_size, online.config.tau0, online.config.kappa) == (128, 10.0, 0.7)
-    assert online.config.passes == 10 and online.config.dtype == "float32"
+    assert online.config.passes == 10 and online.config.dtype == "float32" and online.config.n_threads == 1
     batch = settings_from_dict(LDASettings, {}).fitter()
     assert isinstance(batch, BatchLDA) and batch.config.passes == 20
 

@@ -301,7 +301,9 @@ class LDATrainSettings:
     passes: over the training documents (unset: the mode's default, 20 batch / 10 online).
     batch_size, tau0, kappa, shuffle: online VB's minibatches and step size rho_t = (tau0 + t)^-kappa.
     tol: batch EM stops at this relative change of the ELBO (0: exactly ``passes``).
-    dtype: arithmetic of the E-step's sparse products. threads: torch threads (0: torch's setting).
+    dtype: arithmetic of the E-step's sparse products. threads: torch threads while fitting and
+    evaluating (0: torch's setting); 1, as BENCHMARKS.md measures, because on a busy CPU an OpenMP
+    team waiting for a descheduled thread makes the small products of a minibatch many times slower.
     """
 
     mode: Literal["batch", "online"] = "batch"
@@ -315,7 +317,7 @@ class LDATrainSettings:
     e_step_tol: float = 1e-3
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    threads: int = 0
+    threads: int = 1
 
     def validate(self, prefix: str) -> None:
         if self.passes is not None and self.passes < 1:

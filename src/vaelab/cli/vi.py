@@ -79,7 +79,7 @@ def _lda_args(p: argparse.ArgumentParser) -> None:
     shorthand(p, "--max-docs", "data.max_docs", "use only the first N documents")
     shorthand(p, "--top-words", "eval.top_words", "words shown per topic")
     shorthand(p, "--dtype", "train.dtype", "E-step arithmetic, float32 or float64")
-    shorthand(p, "--threads", "train.threads", "torch threads (0: torch's setting)")
+    shorthand(p, "--threads", "train.threads", "torch threads (default 1; 0: torch's setting)")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--progress",

@@ -77,8 +77,10 @@ class VAE(Model):
 
     def __init__(self, config: VAEConfig, spec: DataSpec):
         super().__init__(config, spec)
-        if spec.kind not in ("binary", "continuous"):
-            raise VaelabError(f"the MLP VAE models images or vectors, not {spec.kind!r} data")
+        if spec.kind != "images":
+            raise VaelabError(
+                f"the MLP VAE models images or vectors, not {spec.kind}; pick a model for {spec.kind}"
+            )
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
         self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation, data_input=True)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaelab import plugins
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
@@ -130,17 +131,36 @@ def register_prefix(prefix: str, loader: Callable[[str, DataConfig], ImageSplits
     PREFIXES[prefix] = loader
 
 
+def _register_plugin(name: str, dataset: Dataset) -> None:
+    if dataset.name != name or DATASETS.get(name, dataset) is not dataset:
+        ep = plugins.declared(plugins.DATASETS_GROUP)[name]
+        raise VaelabError(
+            f"{plugins.describe(ep)} names dataset {dataset.name!r}, which is taken or not its entry "
+            "point's name; give the entry point and the Dataset one unused name"
+        )
+    DATASETS[name] = dataset
+
+
 def dataset_names() -> list[str]:
-    """Registered dataset names, sorted."""
+    """Every dataset name, sorted: registered ones and those declared by ``vaelab.datasets`` entry
+    points (imported now; see :mod:`vaelab.plugins`)."""
+    for name, ds in plugins.load_all(plugins.DATASETS_GROUP, Dataset, "instance", skip=set(DATASETS)).items():
+        _register_plugin(name, ds)  # type: ignore[arg-type]
     return sorted(DATASETS)
 
 
 def get_dataset(name: str) -> Dataset:
-    """The registered dataset ``name``; unknown names raise a VaelabError listing the known ones."""
+    """The dataset ``name``: registered, else loaded from its ``vaelab.datasets`` entry point.
+    Unknown names raise a VaelabError listing the known ones."""
+    if name not in DATASETS:
+        ds = plugins.load(plugins.DATASETS_GROUP, name, Dataset, "instance")
+        if ds is not None:
+            _register_plugin(name, ds)  # type: ignore[arg-type]
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join([*dataset_names(), *(f"{p}:PATH" for p in sorted(PREFIXES))])
+        declared = set(DATASETS) | set(plugins.declared(plugins.DATASETS_GROUP))
+        known = ", ".join([*sorted(declared), *(f"{p}:PATH" for p in sorted(PREFIXES))])
         raise VaelabError(
             f"unknown dataset {name!r}; known datasets: {known} (see `vaelab data list`)"
         ) from None

@@ -8,7 +8,9 @@ from vaelab.models.base import (
     ModelConfig,
     build_model,
     model_class,
+    model_names,
     register_model,
 )
 
-__all__ = ["MODELS", "LossOutput", "Model", "ModelConfig", "build_model", "model_class", "register_model"]
+__all__ = ["MODELS", "LossOutput", "Model", "ModelConfig", "build_model", "model_class", "model_names",
+           "register_model"]

@@ -1,0 +1,106 @@
+"""Token sequences and their batching: padding, masks, lengths, bucketing, resume, data-parallel shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaelab.tokens import Sequences, TokenBatch
+from vaelab.train.sequences import SequenceBatches
+
+PAD = 0
+
+
+def corpus(n: int = 403, seed: int = 0, max_len: int = 40) -> Sequences:
+    """n sequences of lengths 1..max_len whose first id is their own index + 1 (so every batch row
+    says which sequence it is) and whose other ids are random."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g)
+    seqs = [[i + 1, *torch.randint(1, 50, (int(k) - 1,), generator=g).tolist()]
+            for i, k in enumerate(lengths)]
+    return Sequences.from_lists(seqs)
+
+
+def ids(batch: TokenBatch) -> list[int]:
+    return (batch.tokens[:, 0] - 1).tolist()
+
+
+def test_padding_mask_and_lengths_hold_the_sequences():
+    seqs = Sequences.from_lists([[5, 6, 7], [8], [9, 10]])
+    batch = seqs.pad(torch.tensor([2, 0, 1]), pad_id=PAD)
+    assert batch.tokens.tolist() == [[9, 10, 0], [5, 6, 7], [8, 0, 0]]
+    assert batch.lengths.tolist() == [2, 3, 1]
+    assert batch.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert batch.tokens.dtype == torch.int64 and batch.mask.dtype == torch.bool and len(batch) == 3
+
+
+def test_every_batch_reproduces_its_sequences_exactly():
+    seqs = corpus()
+    for batch in SequenceBatches(seqs, 32, pad_id=PAD, seed=3).epoch(1):
+        assert batch.tokens.shape[1] == int(batch.lengths.max())
+        assert torch.equal(batch.mask, torch.arange(batch.tokens.shape[1]) < batch.lengths[:, None])
+        assert bool((batch.tokens[~batch.mask] == PAD).all())
+        for row, i in enumerate(ids(batch)):
+            assert batch.tokens[row, : batch.lengths[row]].tolist() == seqs[i].tolist()
+
+
+def test_every_sequence_once_per_epoch_and_epochs_differ():
+    seqs = corpus()
+    batches = SequenceBatches(seqs, 32, pad_id=PAD, seed=1)
+    seen = [sorted(i for b in batches.epoch(e) for i in ids(b)) for e in range(2)]
+    assert seen[0] == seen[1] == list(range(len(seqs)))
+    assert len(batches) == 13 == len(list(batches.epoch(0)))
+    first = [ids(b) for b in batches.epoch(0)]
+    assert first != [ids(b) for b in batches.epoch(1)]
+
+
+def test_bucketing_reduces_padding_against_random_batches():
+    seqs = corpus(n=2000)
+    bucketed = SequenceBatches(seqs, 32, pad_id=PAD, bucket_batches=20).padding_fraction(0)
+    random = SequenceBatches(seqs, 32, pad_id=PAD, bucket_batches=0).padding_fraction(0)
+    # lengths uniform on 1..40: random batches of 32 pad to about the maximum, ~50% padding;
+    # sorted chunks of 640 leave batches whose lengths span about 40 / 20 = 2
+    assert random > 0.4 and bucketed < 0.1
+
+
+def test_resume_from_batch_k_reproduces_the_rest_of_the_epoch():
+    seqs = corpus()
+    full = [b.tokens for b in SequenceBatches(seqs, 32, pad_id=PAD, seed=7).epoch(2)]
+    for k in (0, 1, 5, 12):
+        fresh = SequenceBatches(seqs, 32, pad_id=PAD, seed=7)  # as a resumed process builds it
+        rest = [b.tokens for b in fresh.epoch(2, k)]
+        assert len(rest) == len(full) - k and all(torch.equal(a, b) for a, b in zip(rest, full[k:]))
+    other_seed = [b.tokens for b in SequenceBatches(seqs, 32, pad_id=PAD, seed=8).epoch(2)]
+    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(other_seed, full))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_are_disjoint_equal_and_cover_the_epoch(world):
+    seqs = corpus(n=402)
+    shards = [SequenceBatches(seqs, 16, pad_id=PAD, seed=5, rank=r, world=world) for r in range(world)]
+    for epoch in (0, 1):
+        seen = [[i for b in s.epoch(epoch) for i in ids(b)] for s in shards]
+        assert len({len(s) for s in shards}) == 1  # the same number of steps on every rank
+        assert all(len(x) == 402 // world for x in seen)
+        flat = [i for x in seen for i in x]
+        assert len(set(flat)) == len(flat) == 402  # disjoint, and together every sequence once
+    # resuming one rank mid-epoch gives that rank's own remaining batches
+    rank1 = [ids(b) for b in shards[1].epoch(1)]
+    again = SequenceBatches(seqs, 16, pad_id=PAD, seed=5, rank=1, world=world)
+    assert [ids(b) for b in again.epoch(1, 3)] == rank1[3:]
+
+
+def test_drop_last_and_no_shuffle():
+    seqs = corpus(n=100)
+    dropped = SequenceBatches(seqs, 32, pad_id=PAD, drop_last=True)
+    assert len(dropped) == 3 and all(len(b) == 32 for b in dropped.epoch(0))
+    fixed = SequenceBatches(seqs, 32, pad_id=PAD, shuffle=False, bucket_batches=0)
+    assert [i for b in fixed.epoch(0) for i in ids(b)] == list(range(100))
+    assert [ids(b) for b in fixed.epoch(0)] == [ids(b) for b in fixed.epoch(4)]
+
+
+def test_batch_to_device_keeps_fields():
+    batch = Sequences.from_lists([[1, 2], [3]]).pad(torch.tensor([0, 1]), PAD)
+    moved = batch.to("cpu")
+    assert isinstance(moved, TokenBatch) and torch.equal(moved.tokens, batch.tokens)
+    assert torch.equal(moved.mask, batch.mask) and torch.equal(moved.lengths, batch.lengths)

@@ -28,6 +28,7 @@ the setting, and are never redrawn.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,8 @@ from vaelab.errors import VaelabError
 from vaelab.spec import DataSpec
 
 __all__ = [
+    "Bundle",
+    "Splits",
     "DataBundle",
     "ImageSplits",
     "binarize",
@@ -54,8 +57,32 @@ TEST_SPLIT_SEED = 0
 _SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
 
 
+class Bundle(ABC):
+    """A dataset held in memory: ``spec`` and ``name`` (attributes), its splits by name.
+    :class:`DataBundle` holds images, :class:`vaelab.data.text.SequenceBundle` token sequences."""
+
+    spec: DataSpec
+    name: str
+
+    @abstractmethod
+    def split(self, which: str) -> tuple:
+        """The examples of ``"train"``, ``"valid"`` or ``"test"`` (None when that split is empty)."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """One line: name, kind, shape and split sizes, e.g. for logs."""
+
+
+class Splits(ABC):
+    """What a dataset's loader returns: its examples as parsed from the files, before splitting."""
+
+    @abstractmethod
+    def finish(self, name: str, cfg: DataConfig) -> Bundle:
+        """Carve the missing splits, apply ``cfg``, and hold the result in memory."""
+
+
 @dataclass
-class DataBundle:
+class DataBundle(Bundle):
     """A dataset held in memory, ready to be sliced into batches by index.
 
     train / valid / test: float32 tensors (N, C, H, W) with values in [0, 1]; ``valid`` and ``test``
@@ -108,7 +135,7 @@ class DataBundle:
 
 
 @dataclass
-class ImageSplits:
+class ImageSplits(Splits):
     """Images as parsed from the files, before :func:`finish`.
 
     Arrays are (N, C, H, W), either integers from 0 to ``max_value`` (divided by ``max_value`` in
@@ -129,6 +156,9 @@ class ImageSplits:
     max_value: float = 255.0
     n_classes: int = 0
     class_names: list[str] = field(default_factory=list)
+
+    def finish(self, name: str, cfg: DataConfig) -> DataBundle:
+        return finish(name, self, cfg)
 
 
 def split_count(size: float, n: int, what: str) -> int:

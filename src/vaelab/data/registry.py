@@ -28,7 +28,7 @@ from vaelab import plugins
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from .base import ImageSplits
+from .base import Splits
 
 __all__ = [
     "DataFile",
@@ -97,9 +97,9 @@ class DataFile:
 class Dataset:
     """A registered dataset.
 
-    loader: ``loader(dataset, root, cfg, verify) -> ImageSplits``, reading its files with
-        :func:`read_file` (which checks sha256 unless ``verify`` is False);
-        :func:`vaelab.data.load_dataset` turns the result into a DataBundle.
+    loader: ``loader(dataset, root, cfg, verify) -> Splits`` (``ImageSplits``, ``TextSplits``),
+        reading its files with :func:`read_file` (which checks sha256 unless ``verify`` is False);
+        :func:`vaelab.data.load_dataset` turns the result into a Bundle (``splits.finish``).
     folder: the sub-folder of the data root holding ``files`` (empty when ``files`` is empty).
     note: shown by ``vaelab data list`` where the dataset needs no files.
     """
@@ -108,12 +108,12 @@ class Dataset:
     description: str
     folder: str
     files: tuple[DataFile, ...]
-    loader: Callable[[Dataset, Path, DataConfig, bool], ImageSplits]
+    loader: Callable[[Dataset, Path, DataConfig, bool], Splits]
     note: str = ""
 
 
 DATASETS: dict[str, Dataset] = {}
-PREFIXES: dict[str, Callable[[str, DataConfig], ImageSplits]] = {}
+PREFIXES: dict[str, Callable[[str, DataConfig], Splits]] = {}
 
 
 def register_dataset(dataset: Dataset) -> Dataset:
@@ -124,7 +124,7 @@ def register_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def register_prefix(prefix: str, loader: Callable[[str, DataConfig], ImageSplits]) -> None:
+def register_prefix(prefix: str, loader: Callable[[str, DataConfig], Splits]) -> None:
     """Register ``loader(path, cfg)`` for data names ``PREFIX:PATH`` (the user's own data)."""
     if prefix in PREFIXES:
         raise RuntimeError(f"data prefix {prefix!r} registered twice")

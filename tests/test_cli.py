@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vaelab.cli import COMMANDS, build_parser, main
+from vaelab.sections import read_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke_vae_digits.toml")
@@ -21,6 +22,7 @@ TESTED = {
     "sample": "test_train_eval_sample_report",
     "report": "test_train_eval_sample_report",
     "demo": "test_demo",
+    "encode": "tests/test_pipeline.py",
     "data": "tests/test_data*.py",
     "kl": "tests/test_vi_*.py",
     "lda": "tests/test_vi_*.py",
@@ -42,7 +44,8 @@ def smoke_run(tmp_path_factory):
 
 def test_train_eval_sample_report(smoke_run, capsys):
     out = smoke_run
-    for name in ("config.json", "command.txt", "metrics.jsonl", "eval.json", "report.html"):
+    for name in ("run.json", "config.json", "command.txt", "metrics.jsonl", "eval.json", "sections.json",
+                 "report.html"):
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"train", "valid"}
@@ -53,7 +56,8 @@ def test_train_eval_sample_report(smoke_run, capsys):
     assert json.loads((out / "eval.json").read_text())["is_samples"] == 50
     assert main(["sample", str(out), "-n", "9", "--png", str(out / "s.png")]) == 0
     assert (out / "s.png").read_bytes()[:4] == b"\x89PNG"
-    assert np.load(out / "figures" / "samples.npz")["images"].shape == (9, 1, 8, 8)
+    samples = {s.name: s for s in read_sections(out)}["samples"]
+    assert samples.images.shape == (9, 1, 8, 8)
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
@@ -87,7 +91,7 @@ def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "Open the report" in text and (out / "report.html").is_file()
-    assert (out / "figures" / "manifold.npz").is_file()
+    assert "manifold" in {s.name for s in read_sections(out)}
 
 
 def _latest_state(run):

@@ -2,11 +2,23 @@
 
 import pytest
 import torch
+from torch.distributions import Distribution
 
+from vaelab import sections
 from vaelab.config import TrainConfig
+from vaelab.errors import VaelabError
 from vaelab.models import MODELS, build_model
+from vaelab.models.base import (
+    AutoregressivePrior,
+    DiscreteCodeModel,
+    LatentVariableModel,
+    Model,
+    Reconstructing,
+    ReportInputs,
+    Sampling,
+)
 from vaelab.models.vae import VAEConfig
-from vaelab.spec import DataSpec
+from vaelab.spec import KINDS, DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.loop import build_optimizer
 
@@ -67,9 +79,69 @@ def test_loss_shapes_and_finiteness(name, i):
     if out.elbo is not None and out.kl is not None and model.config.objective == "elbo":
         assert torch.allclose(out.elbo, out.reconstruction - out.kl, atol=1e-5)
     assert (out.kl >= -1e-6).all()  # the analytic KL of a Gaussian to N(0, I) cannot be negative
-    assert model.sample(4).shape == (4, *model.spec.shape)
-    if hasattr(model, "reconstruct"):
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_declared_interfaces_hold(name, i):
+    """What a family declares (``isinstance``) it provides, with the shapes the interface states."""
+    model, x = _make(name, i)
+    model.eval()
+    assert isinstance(model, Model) and model.data_kinds and model.spec.kind in model.data_kinds
+    b = x.shape[0]
+    if isinstance(model, LatentVariableModel):
+        q, p = model.encode(x), model.prior()
+        assert isinstance(q, Distribution) and q.batch_shape == (b,) and q.event_shape == (model.latent_dim,)
+        assert p.event_shape == (model.latent_dim,)
+        z = q.sample((3,))
+        px = model.decode(z)
+        assert isinstance(px, Distribution) and px.batch_shape == (3, b)
+        assert model.posterior_mean(x).shape == (b, model.latent_dim)
+        lw = model.log_importance_weights(x, 7)
+        assert lw.shape == (7, b) and torch.isfinite(lw).all()
+        # the weights are log p(z) + log p(x|z) - log q(z|x), z ~ q(z|x): their mean over many samples
+        # matches the same expectation computed from encode/decode/prior (within 5 standard errors)
+        with torch.no_grad():
+            torch.manual_seed(0)
+            lw = model.log_importance_weights(x, 4000)
+            z = q.sample((4000,))
+            px = model.decode(z)
+            direct = px.log_prob(x.reshape(b, *px.event_shape)) + p.log_prob(z) - q.log_prob(z)
+        se = (lw.var(0) / 4000 + direct.var(0) / 4000).sqrt()
+        assert ((lw.mean(0) - direct.mean(0)).abs() < 5 * se + 1e-4).all()
+    if isinstance(model, Reconstructing):
         assert model.reconstruct(x).shape == x.shape
+    if isinstance(model, Sampling):
+        assert model.sample(4).shape == (4, *model.spec.shape)
+    if isinstance(model, DiscreteCodeModel):
+        codes = model.encode_codes(x)
+        assert codes.dtype == torch.long and codes.shape[0] == b
+        assert codes.min() >= 0 and codes.max() < model.codebook_size
+        assert model.decode_codes(codes).shape == x.shape
+    if isinstance(model, AutoregressivePrior):
+        c = model.sample(3)
+        assert model.log_prob(c).shape == (3,)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_report_sections_are_registered_kinds_that_round_trip(name, i, tmp_path):
+    model, x = _make(name, i)
+    model.eval()
+    labels = torch.arange(x.shape[0])
+    out = model.report_sections(ReportInputs([x[:3], x[3:]], labels, n_samples=6))
+    assert out and all(type(s) in sections.SECTION_KINDS.values() for s in out)
+    assert len({s.name for s in out}) == len(out)
+    sections.write_sections(tmp_path, out)
+    back = sections.read_sections(tmp_path)
+    assert [type(s) for s in back] == [type(s) for s in out]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_family_refuses_data_kinds_it_does_not_declare_in_one_line(name):
+    cfg, spec, _ = CASES[name][0]
+    other = next(k for k in KINDS if k not in MODELS[name].data_kinds)
+    with pytest.raises(VaelabError, match=rf"does not accept '{other}' data \(it takes") as err:
+        build_model(cfg, DataSpec(spec.shape, other))
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name,i", PARAMS)

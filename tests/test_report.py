@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vaelab import sections as sec
 from vaelab.errors import VaelabError
 from vaelab.report import (
     build_report,
@@ -27,6 +28,7 @@ from vaelab.report import (
     training_curves,
 )
 from vaelab.report.html import figure_png
+from vaelab.runfolder import write_run_file
 
 PAD = 2  # plots._PAD: pixels between tiles
 
@@ -96,8 +98,13 @@ def make_run(
     labels: bool = True,
     manifold: bool = True,
     extra_png: bool = True,
+    layout: str = "v2",
 ) -> tuple[Path, int]:
-    """Write a complete synthetic run folder; return it and the number of images its report should hold."""
+    """Write a complete synthetic run folder; return it and the number of images its report should hold.
+
+    ``layout="v2"``: today's folder (run.json, sections.json written through vaelab.sections);
+    ``"v1"``: a folder of vaelab before versioned run folders (fixed figures/*.npz, no manifest).
+    """
     rng = np.random.default_rng(0)
     run = root / name
     (run / "figures").mkdir(parents=True)
@@ -118,16 +125,27 @@ def make_run(
     c, h, w = shape
     fig_dir = run / "figures"
     x = rng.random((16, c, h, w), dtype=np.float32)
-    np.savez(fig_dir / "reconstructions.npz", original=x, reconstruction=np.clip(x + 0.1, 0, 1))
-    np.savez(fig_dir / "samples.npz", images=rng.random((36, c, h, w), dtype=np.float32))
-    codes = rng.normal(size=(500, latent_dim)).astype(np.float32)
-    arrays = {"codes": codes, "labels": rng.integers(0, 10, 500)} if labels else {"codes": codes}
-    np.savez(fig_dir / "latents.npz", **arrays)
-    n_images = 4
+    arrays: dict[str, dict[str, np.ndarray]] = {
+        "reconstructions": {"original": x, "reconstruction": np.clip(x + 0.1, 0, 1)},
+        "samples": {"images": rng.random((36, c, h, w), dtype=np.float32)},
+    }
     if manifold:
         grid = np.linspace(-1.64, 1.64, 7)
-        np.savez(fig_dir / "manifold.npz", images=rng.random((7, 7, c, h, w), dtype=np.float32), grid=grid)
-        n_images += 1
+        arrays["manifold"] = {"images": rng.random((7, 7, c, h, w), dtype=np.float32), "grid": grid}
+    codes = rng.normal(size=(500, latent_dim)).astype(np.float32)
+    arrays["latents"] = {"codes": codes, "labels": rng.integers(0, 10, 500)} if labels else {"codes": codes}
+    n_images = 5 if manifold else 4
+    if layout == "v1":
+        for stem, a in arrays.items():
+            np.savez(fig_dir / f"{stem}.npz", **a)
+    else:
+        write_run_file(run)
+        kinds = {"reconstructions": sec.ReconstructionsSection, "samples": sec.ImagesSection,
+                 "manifold": sec.ManifoldSection, "latents": sec.ScatterSection}
+        titles = {"reconstructions": "Reconstructions", "samples": "Samples", "manifold": "Latent manifold",
+                  "latents": "Latent codes"}
+        sec.write_sections(run, [kinds[k](name=k, title=titles[k], **a) for k, a in arrays.items()])
+        sec.write_sections(run, [sec.MetricsSection(name="evaluation", title="Evaluation", values=EVAL)])
     if extra_png:
         (fig_dir / "beta_schedule.png").write_bytes(_tiny_png())
         n_images += 1
@@ -142,9 +160,10 @@ def _img_sources(page: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ build_report
 
 
+@pytest.mark.parametrize("layout", ["v2", "v1"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_report_is_self_contained_with_one_image_per_figure(tmp_path: Path, case: str) -> None:
-    run, expected = make_run(tmp_path, case, *CASES[case])
+def test_report_is_self_contained_with_one_image_per_figure(tmp_path: Path, case: str, layout: str) -> None:
+    run, expected = make_run(tmp_path, case, *CASES[case], layout=layout)
     out = build_report(run)
     assert out == run / "report.html"
     page = out.read_text(encoding="utf-8")
@@ -202,8 +221,8 @@ def test_a_run_with_only_a_config_builds_with_notes(tmp_path: Path) -> None:
     assert ">Latent manifold</h2>" not in page and ">Other figures</h2>" not in page  # optional: omitted
 
 
-def test_damaged_pieces_become_notes_and_the_rest_is_built(tmp_path: Path) -> None:
-    run, _ = make_run(tmp_path, extra_png=False)
+def test_damaged_pieces_of_an_old_folder_become_notes_and_the_rest_is_built(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path, extra_png=False, layout="v1")
     figs = run / "figures"
     (figs / "samples.npz").write_bytes(b"PK\x03\x04 truncated zip")
     np.savez(figs / "reconstructions.npz", original=np.zeros((4, 1, 8, 8)))  # no "reconstruction"
@@ -214,13 +233,82 @@ def test_damaged_pieces_become_notes_and_the_rest_is_built(tmp_path: Path) -> No
     (run / "eval.json").write_text("[1, 2]")
     page = build_report(run).read_text(encoding="utf-8")
     assert page.count("<img") == 1  # the training curves survive
-    assert "Could not draw figures/samples.npz" in page
+    assert "Could not read section &#x27;samples&#x27;: figures/samples.npz" in page
     assert "missing array(s) reconstruction" in page
-    assert "Could not draw figures/manifold.npz" in page
-    assert "Could not draw figures/latents.npz" in page
+    assert "Could not draw section &#x27;manifold&#x27;" in page
+    assert "Could not read section &#x27;latents&#x27;: figures/latents.npz" in page
     assert "figures/notes.png left out" in page
     assert "figures/mystery.npz not drawn" in page
     assert "eval.json could not be read" in page
+
+
+def test_damaged_sections_become_notes_and_the_rest_is_built(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path, extra_png=False)
+    (run / "sections" / "samples.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    (run / "sections" / "latents.npz").unlink()
+    manifest = json.loads((run / "sections.json").read_text())
+    manifest["sections"].append({"kind": "hologram", "name": "future", "title": "Future", "fields": {}})
+    manifest["sections"][0]["arrays"] = "sections/manifold.npz"  # reconstructions: wrong arrays
+    (run / "sections.json").write_text(json.dumps(manifest))
+    page = build_report(run).read_text(encoding="utf-8")
+    assert page.count("<img") == 2  # the training curves and the manifold survive
+    assert "Could not read section &#x27;samples&#x27;" in page
+    assert "Could not read section &#x27;latents&#x27;" in page and "No such file" in page
+    assert "missing original, reconstruction" in page
+    assert "unknown section kind &#x27;hologram&#x27;" in page
+    assert ">Evaluation</h2>" in page and "−85.30 ± 0.04" in page
+
+
+def test_a_newer_manifest_or_run_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path)
+    manifest = json.loads((run / "sections.json").read_text())
+    (run / "sections.json").write_text(json.dumps(manifest | {"version": 7}))
+    page = build_report(run).read_text(encoding="utf-8")
+    assert "version 7, newer than this vaelab reads (1); upgrade vaelab" in page  # a note, the page is built
+    (run / "run.json").write_text(json.dumps({"format": "vaelab-run", "version": 9, "vaelab_version": "9.0"}))
+    with pytest.raises(VaelabError) as err:
+        build_report(run)
+    assert "has version 9 (written by vaelab 9.0)" in str(err.value) and "upgrade vaelab" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_section_kind_round_trips_and_has_a_renderer(tmp_path: Path) -> None:
+    """Each registered kind is written, read back equal, and drawn without a note."""
+    from vaelab.report.render import RENDERERS, render_section
+
+    rng = np.random.default_rng(1)
+    examples = [
+        sec.ImagesSection(name="a", title="A", images=rng.random((4, 1, 5, 5))),
+        sec.ReconstructionsSection(name="b", title="B", original=rng.random((2, 3, 4, 4)),
+                                   reconstruction=rng.random((2, 3, 4, 4))),
+        sec.ManifoldSection(name="c", title="C", images=rng.random((3, 3, 1, 4, 4)), grid=np.arange(3.0)),
+        sec.ScatterSection(name="d", title="D", codes=rng.normal(size=(20, 3))),
+        sec.TableSection(name="e", title="E", header=["k", "value"], rows=[["x", 1.5], ["y <b>", 2]]),
+        sec.TextSection(name="f", title="F", texts=["the cat <eos>", "a dog"], labels=["in", "out"]),
+        sec.AudioSection(name="g", title="G", clips=[sec.wav_bytes(np.sin(np.arange(800) / 5), 8000)],
+                         labels=["tone"]),
+        sec.LinesSection(name="h", title="H", x=np.arange(5.0), y=rng.random((2, 5)), labels=["p", "q"],
+                         logy=True),
+        sec.ImageFileSection(name="i", title="I", image=_tiny_png(), caption="drawn elsewhere"),
+        sec.MetricsSection(name="j", title="J", values={"elbo": -90.5, "elbo_stderr": 0.25, "split": "test"}),
+    ]
+    assert {type(s) for s in examples} == set(sec.SECTION_KINDS.values()), "add an example of every kind"
+    assert set(RENDERERS) == set(sec.SECTION_KINDS)
+    sec.write_sections(tmp_path, examples[:4])
+    sec.write_sections(tmp_path, examples[3:])  # "d" again: replaced in place, not repeated
+    back = sec.read_sections(tmp_path)
+    assert [s.name for s in back] == list("abcdefghij")
+    for s, r in zip(examples, back):
+        assert type(r) is type(s)
+        for f in s.__dataclass_fields__:
+            a, b = getattr(s, f), getattr(r, f)
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, (s.name, f)
+        block = render_section(r)
+        assert "class='note'" not in block.body, block.body
+        assert block.figures or block.body
+    assert "y &lt;b&gt;" in render_section(back[4]).body  # table cells escaped
+    assert "data:audio/wav;base64," in render_section(back[6]).body
+    assert "−90.50 ± 0.25" in render_section(back[9]).body
 
 
 @pytest.mark.parametrize("make", ["absent", "no-config", "a-file"])
@@ -250,7 +338,7 @@ def test_report_package_imports_no_torch_and_no_model() -> None:
         "vaelab.cli",
         "matplotlib.pyplot",
     )
-    for source in package.glob("*.py"):
+    for source in [*package.glob("*.py"), package.parent / "sections.py", package.parent / "runfolder.py"]:
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):

@@ -3,8 +3,7 @@
 The public API, re-exported here; everything else is reachable through its module.
 """
 
-__version__ = "0.1.0"
-
+from vaelab._version import __version__
 from vaelab.config import DataConfig, EvalConfig, RunConfig, TrainConfig, load_config  # noqa: E402
 from vaelab.divergences import kl, kl_categorical, kl_gaussian, kl_monte_carlo, kl_terms  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402

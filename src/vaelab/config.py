@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "EvalConfig",
+    "ParentConfig",
     "RunConfig",
     "from_dict",
     "to_dict",
@@ -166,6 +167,23 @@ class EvalConfig:
 
 
 @dataclass
+class ParentConfig:
+    """The run this one builds on (e.g. a prior over the codes a VQ-VAE run extracts).
+
+    run: the parent's run folder ("" when the run stands alone).
+    sha256: the sha256 of the parent checkpoint's weights, recorded when this run starts and checked
+        whenever it is loaded (leave it empty in a preset; ``vaelab.runfolder``).
+    """
+
+    run: str = ""
+    sha256: str = ""
+
+    def validate(self, prefix: str) -> None:
+        if self.sha256 and not self.run:
+            raise VaelabError(f"{prefix}.sha256 is set but {prefix}.run is empty; name the parent run folder")
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``model`` is the registered model's own Config dataclass."""
 
@@ -173,6 +191,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parent: ParentConfig = field(default_factory=ParentConfig)
     name: str = ""
 
 
@@ -260,7 +279,7 @@ def config_from_dict(data: dict) -> RunConfig:
     from vaelab.models import model_class
 
     data = dict(data)
-    unknown = sorted(set(data) - {"model", "data", "train", "eval", "name"})
+    unknown = sorted(set(data) - {"model", "data", "train", "eval", "parent", "name"})
     if unknown and not isinstance(data[unknown[0]], dict):  # e.g. a file of `vaelab lda` options
         raise VaelabError(
             f"{unknown[0]!r} is a top-level setting, not a section, so this is not a run config (sections "
@@ -269,7 +288,7 @@ def config_from_dict(data: dict) -> RunConfig:
         )
     if unknown:
         raise VaelabError(
-            f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval]"
+            f"unknown config section [{unknown[0]}]; sections are [model], [data], [train], [eval], [parent]"
         )
     model = dict(data.get("model", {}))
     if "name" not in model:
@@ -280,6 +299,7 @@ def config_from_dict(data: dict) -> RunConfig:
         data=from_dict(DataConfig, data.get("data", {}), "data"),
         train=from_dict(TrainConfig, data.get("train", {}), "train"),
         eval=from_dict(EvalConfig, data.get("eval", {}), "eval"),
+        parent=from_dict(ParentConfig, data.get("parent", {}), "parent"),
         name=_convert(data.get("name", ""), str, "name"),
     )
 

@@ -3,8 +3,14 @@
 This is the layer the CLI calls and that library users can call too (``train_run``,
 ``evaluate_run``). It is the only place below the CLI that knows models *and* datasets.
 
-A run folder holds ``config.json``, ``command.txt``, ``metrics.jsonl``, ``checkpoints/``,
-``figures/`` (arrays as .npz, rendered by the report), ``eval.json`` and ``report.html``.
+A run folder holds ``run.json`` (its schema version, ``vaelab.runfolder``), ``config.json``,
+``command.txt``, ``metrics.jsonl``, ``checkpoints/``, ``eval.json``, ``sections.json`` with
+``sections/`` (the report's sections as data, ``vaelab.sections``) and ``report.html``.
+
+What a model can do is read from the interfaces it declares (``vaelab.models.base``): the
+importance-sampled log p(x) and active units for a :class:`LatentVariableModel`, samples for a
+:class:`Sampling` model, latents for ``vaelab encode`` from a latent-variable or discrete-code
+model; the report's figures come from the model's own ``report_sections``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from torch import Tensor
 from vaelab.config import RunConfig, config_from_dict, dump_json
 from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
+from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
+from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
+from vaelab.sections import ImagesSection, MetricsSection, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
@@ -38,8 +47,9 @@ __all__ = [
     "train_run",
     "load_run_model",
     "evaluate_run",
-    "write_figures",
+    "write_report_sections",
     "sample_run",
+    "encode_run",
 ]
 
 
@@ -110,13 +120,14 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         if test_x is not None and len(test_x)
         else None
     )
-    if hasattr(model, "head") and not bundle.dynamic:
-        model.head.check_data(bundle.train[: min(len(bundle.train), 1000)])
+    if not bundle.dynamic:
+        model.check_data(bundle.train[: min(len(bundle.train), 1000)])
     return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_file(run_dir)
     (run_dir / "config.json").write_text(dump_json(cfg) + "\n", encoding="utf-8")
     cmd = " ".join(shlex.quote(a) for a in ["vaelab", *sys.argv[1:]]) if sys.argv else "vaelab"
     with open(run_dir / "command.txt", "a", encoding="utf-8") as fh:
@@ -153,6 +164,9 @@ def train_run(
         )
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
+    if resume:
+        run_version(run_dir)
+    _link_parent(cfg, run_dir)
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
         _write_run_files(run_dir, cfg)
@@ -183,6 +197,18 @@ def train_run(
     return trainer, prep
 
 
+def _link_parent(cfg: RunConfig, run_dir: Path) -> None:
+    """Record the parent checkpoint's hash when a child run starts; check it when one resumes."""
+    if not cfg.parent.run:
+        return
+    if cfg.parent.sha256:
+        check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
+    else:
+        if not Path(cfg.parent.run).is_dir():
+            raise VaelabError(f"parent.run: no run folder at {cfg.parent.run}; train the parent run first")
+        cfg.parent.sha256 = checkpoint_sha256(cfg.parent.run)
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     p = Path(run_dir)
     f = p / "config.json"
@@ -199,8 +225,13 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 def load_run_model(
     run_dir: str | Path, device: torch.device, which: str = "best"
 ) -> tuple[Model, RunConfig, Path]:
-    """Rebuild a run's model from its checkpoint (``best`` when present, else the latest)."""
+    """Rebuild a run's model from its checkpoint (``best`` when present, else the latest).
+
+    A run folder newer than this vaelab is refused, and a child whose parent's checkpoint changed
+    since it started (``parent.sha256``), each in one line."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and (run_dir / "config.json").is_file():
+        run_version(run_dir)
     path = run_dir
     if which == "best" and (run_dir / "checkpoints" / "best" / "state.json").is_file():
         path = run_dir / "checkpoints" / "best"
@@ -209,57 +240,27 @@ def load_run_model(
     if "config" not in meta or "spec" not in meta:
         raise VaelabError(f"checkpoint {c.path} has no run config; it was not written by vaelab train")
     cfg = config_from_dict(meta["config"])
+    if cfg.parent.run:
+        check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
     model = build_model(cfg.model, DataSpec.from_dict(meta["spec"]))
     ckpt.load_model_weights(model, c)
     return model.to(device).eval(), cfg, c.path
 
 
-def _save_figure_arrays(run_dir: str | Path, name: str, **arrays) -> Path:
-    """Write ``figures/<name>.npz`` atomically (temp file, then rename); None arrays are left out."""
-    fig_dir = Path(run_dir) / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    path = fig_dir / f"{name}.npz"
-    tmp = fig_dir / f".{name}.tmp.npz"
-    np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if v is not None})
-    os.replace(tmp, path)
-    return path
-
-
 @torch.no_grad()
-def write_figures(
+def write_report_sections(
     run_dir: str | Path,
     model: Model,
-    test: Tensor,
+    batches: list,
     labels: Tensor | None,
     *,
     n_samples: int = 64,
     seed: int = 0,
-) -> list[Path]:
-    """Arrays for the report: reconstructions, samples, the 2-D manifold, posterior codes."""
+) -> Path:
+    """The model's report sections (``Model.report_sections``) into ``run_dir/sections.json``."""
     torch.manual_seed(seed)
-    written = []
-
-    def save(name: str, **arrays) -> None:
-        written.append(_save_figure_arrays(run_dir, name, **arrays))
-
     model.eval()
-    x = test[:16]
-    if hasattr(model, "reconstruct"):
-        save("reconstructions", original=x.cpu().numpy(), reconstruction=model.reconstruct(x).cpu().numpy())
-    save("samples", images=model.sample(n_samples).cpu().numpy())
-    latent_dim = getattr(model.config, "latent_dim", 0)
-    if latent_dim == 2 and hasattr(model, "decode_mean"):
-        n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
-        p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=test.device)
-        grid = torch.distributions.Normal(0.0, 1.0).icdf(p)
-        # images[i, j] is decoded at z = (grid[j], grid[i]): columns vary z1, rows vary z2
-        z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)[..., [1, 0]]
-        save("manifold", images=model.decode_mean(z).cpu().numpy(), grid=grid.cpu().numpy())
-    if hasattr(model, "encode"):
-        codes = torch.cat([model.encode(test[i : i + 500]).mean for i in range(0, min(len(test), 5000), 500)])
-        lab = labels[: len(codes)].cpu().numpy() if labels is not None else None
-        save("latents", codes=codes.cpu().numpy(), labels=lab)
-    return written
+    return write_sections(run_dir, model.report_sections(ReportInputs(batches, labels, n_samples)))
 
 
 def evaluate_run(
@@ -271,7 +272,8 @@ def evaluate_run(
     progress: bool | None = None,
     which: str = "best",
 ) -> dict:
-    """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; figures -> figures/."""
+    """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
+    sections and the evaluation -> sections.json."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
 
     run_dir = Path(run_dir)
@@ -291,12 +293,12 @@ def evaluate_run(
     result = {"split": split, "checkpoint": str(used), "step": _checkpoint_step(used), "weights": weights}
     terms = mean_loss_terms(model, batches.epoch(0))
     result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
-    if hasattr(model, "log_importance_weights"):
+    if isinstance(model, LatentVariableModel):
         ll = importance_sampled_log_likelihood(
             model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
         )
         result.update(ll.as_dict())
-    if hasattr(model, "encode"):
+    if isinstance(model, LatentVariableModel):
         from vaelab.evaluation import posterior_means
 
         codes = posterior_means(model, batches.epoch(0))
@@ -307,10 +309,16 @@ def evaluate_run(
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "eval.json")
-    test_x = batches.data
     labels = prep.test_labels if split == "test" else prep.bundle.valid_labels
-    write_figures(run_dir, model, test_x, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
+    shown = list(batches.epoch(0))[: max(1, -(-_REPORT_EXAMPLES // cfg.eval.batch_size))]
+    if run_version(run_dir) < 2:  # a version 1 folder becomes version 2 by gaining its sections
+        write_run_file(run_dir)
+    write_report_sections(run_dir, model, shown, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
+    write_sections(run_dir, [MetricsSection(name="evaluation", title="Evaluation", values=result)])
     return result
+
+
+_REPORT_EXAMPLES = 5000  # held-out examples a model's report sections see at most
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -320,10 +328,56 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Path:
-    model, _, _ = load_run_model(run_dir, device)
+def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> np.ndarray:
+    """n samples of a run's model, written as its report's samples section; returns them (NumPy)."""
+    model, cfg, _ = load_run_model(run_dir, device)
+    if not isinstance(model, Sampling):
+        raise VaelabError(f"model {cfg.model.name!r} cannot draw samples (it is not a Sampling model)")
     torch.manual_seed(seed)
-    return _save_figure_arrays(run_dir, "samples", images=model.sample(n).cpu().numpy())
+    with torch.no_grad():
+        images = model.sample(n).cpu().numpy()
+    caption = f"{n} samples from the model."
+    write_sections(run_dir, [ImagesSection(name="samples", title="Samples", caption=caption, images=images)])
+    return images
+
+
+@torch.no_grad()
+def encode_run(
+    run_dir: str | Path, data: str, out: str | Path, device: torch.device, *, split: str = "test",
+    batch_size: int = 500,
+) -> tuple[Path, tuple[int, ...]]:
+    """The latents of a dataset under a run's model -> ``out`` (.npy): posterior means E_q[z|x]
+    (N, latent_dim) for a latent-variable model, codes (N, *code_shape) for a discrete-code model.
+
+    ``data`` is a dataset name or ``folder:PATH`` / ``npy:PATH``, read with the run's data settings
+    (binarisation, image size); ``split`` is ``train``, ``valid`` or ``test``. Returns the path and shape.
+    """
+    from dataclasses import replace
+
+    from vaelab.data import load_dataset
+
+    model, cfg, _ = load_run_model(run_dir, device)
+    if isinstance(model, LatentVariableModel):
+        latents = model.posterior_mean
+    elif isinstance(model, DiscreteCodeModel):
+        latents = model.encode_codes
+    else:
+        raise VaelabError(f"model {cfg.model.name!r} has no latents to encode (it is neither a "
+                          "latent-variable nor a discrete-code model)")
+    if split not in ("train", "valid", "test"):
+        raise VaelabError(f"--split must be train, valid or test, got {split!r}")
+    bundle = load_dataset(replace(cfg.data, name=data))
+    if tuple(bundle.spec.shape) != tuple(model.spec.shape):
+        raise VaelabError(f"{data} holds examples of shape {tuple(bundle.spec.shape)} but run {run_dir} "
+                          f"models {tuple(model.spec.shape)}; give data of the run's shape")
+    x = bundle.train if split == "train" else bundle.eval_images(split)
+    if x is None or not len(x):
+        raise VaelabError(f"{data} has no {split} split; pass --split with one it has (train, valid, test)")
+    codes = torch.cat([latents(b.to(device)).cpu() for b in x.split(batch_size)])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, codes.numpy())
+    return out, tuple(codes.shape)
 
 
 def format_eval(result: dict) -> str:

@@ -1,4 +1,4 @@
-"""Core subcommands: train, eval, sample, report, demo."""
+"""Core subcommands: train, eval, sample, encode, report, demo."""
 
 from __future__ import annotations
 
@@ -201,20 +201,37 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("sample", "draw samples from a trained run (figures/samples.npz, and a PNG grid)", _sample_args)
+@command("sample", "draw samples from a trained run (the report's samples section, and a PNG)", _sample_args)
 def sample_cmd(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from vaelab.experiment import resolve_device, sample_run
     from vaelab.report.html import figure_png
     from vaelab.report.plots import image_grid
 
     if args.n < 1:
         raise VaelabError(f"-n must be >= 1, got {args.n}")
-    path = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
-    png = Path(args.png) if args.png else path.with_suffix(".png")
-    png.write_bytes(figure_png(image_grid(np.load(path)["images"], title=f"{args.n} samples")))
-    print(f"{args.n} samples: {png} (arrays in {path})")
+    images = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
+    png = Path(args.png) if args.png else Path(args.run) / "samples.png"
+    png.write_bytes(figure_png(image_grid(images, title=f"{args.n} samples")))
+    print(f"{args.n} samples: {png} (arrays in {Path(args.run) / 'sections'})")
+    return 0
+
+
+def _encode_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("--data", required=True, metavar="NAME_OR_PATH",
+                   help="a dataset name, folder:PATH or npy:PATH, read with the run's data settings")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default test")
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the latents")
+    _common(p, seed=False)
+
+
+@command("encode", "write the latents of a dataset under a run's model (posterior means or codes) as .npy",
+         _encode_args)
+def encode_cmd(args: argparse.Namespace) -> int:
+    from vaelab.experiment import encode_run, resolve_device
+
+    path, shape = encode_run(args.run, args.data, args.out, resolve_device(args.device), split=args.split)
+    print(f"latents {shape} of {args.data} ({args.split}): {path}")
     return 0
 
 

@@ -36,9 +36,9 @@ def mean_loss_terms(model: nn.Module, batches: Iterable) -> dict[str, float]:
 
 @torch.no_grad()
 def posterior_means(model: nn.Module, batches: Iterable) -> Tensor:
-    """E_q[z|x] for every example: (N, latent_dim). ``model.encode(x)`` must return a Distribution."""
+    """E_q[z|x] for every example: (N, latent_dim), from a ``LatentVariableModel``'s ``posterior_mean``."""
     model.eval()
-    return torch.cat([model.encode(x).mean for x in batches])
+    return torch.cat([model.posterior_mean(x) for x in batches])
 
 
 def active_units(codes: Tensor, threshold: float = 1e-2) -> tuple[int, Tensor]:

@@ -1,20 +1,53 @@
-"""The interface every vaelab model implements, its typed loss output, and the model registry."""
+"""What the run code relies on in a model, declared as abstract base classes; the typed loss output;
+and the model registry.
+
+Every family subclasses :class:`Model` (trainable: ``loss``; declares the data kinds it accepts and
+the report sections it writes) and, as mixins, the capabilities it has:
+
+* :class:`LatentVariableModel`: ``encode(x)`` -> q(z|x), ``decode(z)`` -> p(x|z), ``prior()`` -> p(z),
+  ``log_importance_weights(x, k)`` (importance-sampled log p(x)), ``posterior_mean(x)`` (latents).
+* :class:`Reconstructing`: ``reconstruct(x)``, an example of the data's own form.
+* :class:`Sampling`: ``sample(n)``, n examples of the data's own form.
+* :class:`DiscreteCodeModel`: ``encode_codes(x)`` -> integer codes, ``decode_codes(codes)``,
+  ``codebook_size`` (VQ-VAE).
+* :class:`AutoregressivePrior`: ``log_prob(codes, condition=None)``, ``sample(n, condition=None)``
+  over discrete codes (a PixelCNN prior on a VQ-VAE's codes).
+
+The pipeline (``experiment``, ``evaluation``) asks ``isinstance(model, Interface)`` and never probes
+for attributes. Capability mixins are plain ABCs (not modules); a concrete family lists
+``Model`` first: ``class VAE(Model, LatentVariableModel, Reconstructing, Sampling)``.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from vaelab import plugins
 from vaelab.errors import VaelabError
+from vaelab.sections import Section
 from vaelab.spec import DataSpec
 
 __all__ = [
-    "LossOutput", "ModelConfig", "Model", "MODELS", "register_model", "model_class", "model_names",
+    "LossOutput",
+    "ModelConfig",
+    "ReportInputs",
+    "Model",
+    "LatentVariableModel",
+    "Reconstructing",
+    "Sampling",
+    "DiscreteCodeModel",
+    "AutoregressivePrior",
+    "MODELS",
+    "register_model",
+    "model_class",
+    "model_names",
     "build_model",
 ]
 
@@ -70,8 +103,26 @@ class ModelConfig:
         pass
 
 
+@dataclass
+class ReportInputs:
+    """What a model gets to write its report sections from.
+
+    batches: held-out examples, as batches of the form ``loss`` takes (at most a few thousand
+        examples in all), on the model's device.
+    labels: (N,) labels of those examples in order, or None.
+    n_samples: how many samples a samples section shows.
+    """
+
+    batches: Sequence[Any]
+    labels: Tensor | None
+    n_samples: int
+
+
 class Model(nn.Module, ABC):
     """A trainable generative model. The trainer calls only ``loss`` (through ``forward``).
+
+    A family declares ``data_kinds``, the ``DataSpec.kind`` values it accepts (``build_model``
+    refuses others in one line), and ``report_sections``, what it shows in the run's report.
 
     ``train_step`` is set by the trainer before every step so that schedules inside the loss
     (KL annealing) are pure functions of the step, and is saved in checkpoints by the trainer.
@@ -79,6 +130,7 @@ class Model(nn.Module, ABC):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+    data_kinds: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()
@@ -90,17 +142,103 @@ class Model(nn.Module, ABC):
     def loss(self, batch: Any) -> LossOutput:
         """The training loss on one batch."""
 
+    @abstractmethod
+    def report_sections(self, inputs: ReportInputs) -> list[Section]:
+        """The sections of the run's report this model can write (figures, tables, text, audio),
+        as data (``vaelab.sections``), computed from ``inputs``. Called in eval mode, without
+        gradients, after the caller seeded the random generators."""
+
+    def check_data(self, examples: Any) -> None:  # noqa: B027 - accepting everything is the default
+        """Raise VaelabError (naming the fix) when training examples cannot come from this model,
+        e.g. grey levels for a Bernoulli decoder. The default accepts all."""
+
     def forward(self, batch: Any) -> LossOutput:
         # forward is the loss so that DistributedDataParallel's hooks see the computation.
         return self.loss(batch)
 
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} cannot sample")
-
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class LatentVariableModel(ABC):
+    """A model p(x, z) = p(z) p(x|z) with an amortised posterior q(z|x).
+
+    Shapes: x is a batch (B, ...) as ``loss`` takes it; z is (..., B, latent_dim) with any sample
+    dims in front.
+    """
+
+    @property
+    @abstractmethod
+    def latent_dim(self) -> int:
+        """Size of z."""
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x): batch (B,), event (latent_dim,)."""
+
+    @abstractmethod
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z): batch z.shape[:-1], event the example's (flattened or own) shape."""
+
+    @abstractmethod
+    def prior(self) -> Distribution:
+        """p(z): event (latent_dim,)."""
+
+    @abstractmethod
+    def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
+        """(k, B) log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x): for importance-sampled log p(x)."""
+
+    def posterior_mean(self, x: Tensor) -> Tensor:
+        """E_q[z|x]: (B, latent_dim). The latents ``vaelab encode`` writes."""
+        return self.encode(x).mean
+
+
+class Reconstructing(ABC):
+    """A model that maps an example to its reconstruction."""
+
+    @abstractmethod
+    def reconstruct(self, x: Any) -> Any:
+        """Reconstructions of the batch ``x``, in the same form (shape) as ``x``."""
+
+
+class Sampling(ABC):
+    """A model that draws new examples."""
+
+    @abstractmethod
+    def sample(self, n: int) -> Any:
+        """n examples in the data's own form (images: (n, *spec.shape))."""
+
+
+class DiscreteCodeModel(ABC):
+    """A model with a discrete latent code per example (VQ-VAE): codes are integers in
+    [0, codebook_size), a tensor (B, *code_shape) per batch."""
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Number of code values K."""
+
+    @abstractmethod
+    def encode_codes(self, x: Tensor) -> Tensor:
+        """Codes of a batch: (B, *code_shape), dtype long. The latents ``vaelab encode`` writes."""
+
+    @abstractmethod
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Examples decoded from codes (B, *code_shape), in the data's own form."""
+
+
+class AutoregressivePrior(ABC):
+    """A prior p(c) = prod_i p(c_i | c_<i [, condition]) over discrete codes (PixelCNN), trained on
+    codes extracted by a parent run (see ``RunConfig.parent``)."""
+
+    @abstractmethod
+    def log_prob(self, codes: Tensor, condition: Tensor | None = None) -> Tensor:
+        """log p(codes [| condition]): codes (B, *code_shape) long -> (B,) nats."""
+
+    @abstractmethod
+    def sample(self, n: int, condition: Tensor | None = None) -> Tensor:
+        """n code maps (n, *code_shape), drawn in the autoregressive order."""
 
 
 MODELS: dict[str, type[Model]] = {}
@@ -152,4 +290,12 @@ def model_class(name: str) -> type[Model]:
 
 
 def build_model(config: ModelConfig, spec: DataSpec) -> Model:
-    return model_class(config.name)(config, spec)
+    """The registered family ``config.name`` built for data ``spec``; a data kind the family does not
+    declare in ``data_kinds`` is a one-line error."""
+    cls = model_class(config.name)
+    if spec.kind not in cls.data_kinds:
+        raise VaelabError(
+            f"model {config.name!r} does not accept {spec.kind!r} data (it takes "
+            f"{', '.join(sorted(cls.data_kinds)) or 'none'}); choose data of those kinds or another model"
+        )
+    return cls(config, spec)

@@ -26,10 +26,20 @@ from vaelab import estimators
 from vaelab.distributions import diag_gaussian, likelihood_head, standard_normal
 from vaelab.errors import VaelabError
 from vaelab.models import vae_fused
-from vaelab.models.base import LossOutput, Model, ModelConfig, register_model
+from vaelab.models.base import (
+    LatentVariableModel,
+    LossOutput,
+    Model,
+    ModelConfig,
+    Reconstructing,
+    ReportInputs,
+    Sampling,
+    register_model,
+)
 from vaelab.nn import MLP
+from vaelab.schedules import linear_ramp
+from vaelab.sections import ImagesSection, ManifoldSection, ReconstructionsSection, ScatterSection, Section
 from vaelab.spec import DataSpec
-from vaelab.train.schedules import linear_ramp
 
 __all__ = ["VAE", "VAEConfig"]
 
@@ -72,15 +82,12 @@ class VAEConfig(ModelConfig):
 
 
 @register_model("vae")
-class VAE(Model):
+class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
     Config = VAEConfig
+    data_kinds = frozenset({"images"})  # images or vectors (binary or continuous values)
 
     def __init__(self, config: VAEConfig, spec: DataSpec):
         super().__init__(config, spec)
-        if spec.kind != "images":
-            raise VaelabError(
-                f"the MLP VAE models images or vectors, not {spec.kind}; pick a model for {spec.kind}"
-            )
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
         self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation, data_input=True)
@@ -89,6 +96,10 @@ class VAE(Model):
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     # ------------------------------------------------------------------ the three pieces
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
     def encode(self, x: Tensor) -> Distribution:
         """q(z|x): x (B, *shape) or (B, D) -> diagonal Gaussian, batch (B,), event (latent_dim,)."""
         return diag_gaussian(*self._posterior_params(x))
@@ -186,3 +197,40 @@ class VAE(Model):
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = E_q[z|x]]: (B, *shape)."""
         return self.decode_mean(self.encode(x).mean)
+
+    # ------------------------------------------------------------------ what the run code asks of a model
+    def check_data(self, examples: Tensor) -> None:
+        self.head.check_data(examples)
+
+    @torch.no_grad()
+    def report_sections(self, inputs: ReportInputs) -> list[Section]:
+        """Reconstructions of 16 inputs, ``n_samples`` samples, the latent manifold (2-D z only,
+        Kingma & Welling Fig. 4), and the posterior means of the inputs coloured by their labels."""
+        x = torch.cat(list(inputs.batches)) if inputs.batches else None
+        out: list[Section] = []
+        if x is not None:
+            pairs = f"{min(len(x), 16)} inputs (upper row of each pair), their reconstructions below."
+            out.append(ReconstructionsSection(
+                name="reconstructions", title="Reconstructions", caption=pairs,
+                original=x[:16].cpu().numpy(), reconstruction=self.reconstruct(x[:16]).cpu().numpy()))
+        out.append(ImagesSection(name="samples", title="Samples", caption=f"{inputs.n_samples} samples from "
+                                 "the model.", images=self.sample(inputs.n_samples).cpu().numpy()))
+        if self.config.latent_dim == 2:
+            n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
+            p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=self.device)
+            grid = torch.distributions.Normal(0.0, 1.0).icdf(p)
+            # images[i, j] is decoded at z = (grid[j], grid[i]): columns vary z1, rows vary z2
+            z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)[..., [1, 0]]
+            out.append(ManifoldSection(
+                name="manifold", title="Latent manifold",
+                caption=f"Decoder means over a {n}×{n} grid of latent values spaced by the inverse "
+                        "Gaussian CDF (as in Kingma & Welling 2014, Figure 4).",
+                images=self.decode_mean(z).cpu().numpy(), grid=grid.cpu().numpy()))
+        if x is not None:
+            codes = torch.cat([self.posterior_mean(c) for c in x.split(500)])
+            labels = inputs.labels[: len(codes)].cpu().numpy() if inputs.labels is not None else None
+            by = "coloured by label" if labels is not None else "(no labels saved)"
+            out.append(ScatterSection(name="latents", title="Latent codes",
+                                      caption=f"Posterior means of {len(codes)} examples, {by}.",
+                                      codes=codes.cpu().numpy(), labels=labels))
+        return out

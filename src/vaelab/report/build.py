@@ -1,16 +1,20 @@
 """Build ``run_dir/report.html`` from a run folder alone: no model, no torch, only the files a run wrote.
 
-The run folder contract (what the CLI writes and this module reads)::
+The run folder contract (what the run code writes and this module reads)::
 
-    config.json        the run config {"name", "model", "data", "train", "eval"}        (required)
+    config.json        the run config {"name", "model", "data", "train", "eval", "parent"}   (required)
+    run.json           the folder's schema version (``vaelab.runfolder``; absent: version 1)
     command.txt        the command line that made the run
     metrics.jsonl      one JSON object per line; {"split": "train"|"valid", "step", "epoch", "time", ...}
     eval.json          {"split", "n_examples", "elbo", "log_px", "log_px_stderr", "bits_per_dim", ...}
-    figures/reconstructions.npz   original (N, C, H, W), reconstruction (N, C, H, W), floats in [0, 1]
-    figures/samples.npz           images (N, C, H, W)
-    figures/manifold.npz          images (n, n, C, H, W), images[i, j] at z = (grid[j], grid[i]); grid (n,)
-    figures/latents.npz           codes (N, Dz) posterior means; labels (N,) ints, optional
-    figures/*.png|jpg|gif         embedded as they are, after the known figures, captioned by file stem
+    sections.json      the report's sections in order, as data (``vaelab.sections``): figures as
+                       arrays, tables, text samples, audio, metrics; drawn by ``vaelab.report.render``
+    figures/*.png|jpg|gif   embedded as they are, after the sections, captioned by file stem
+
+A version 1 folder (no sections.json) is read through a compatibility path: its fixed figure files
+``figures/{reconstructions,samples,manifold,latents}.npz`` (FIGURE_FILES) and eval.json become
+sections. A run that builds on another (``parent.run`` in its config) shows the chain of runs
+with the checkpoint hashes recorded and whether the parents still match them.
 
 Every piece except config.json may be missing or damaged: its section then says so in one line and the
 rest of the report is built. A partial last line in metrics.jsonl (a killed run) is skipped.
@@ -19,15 +23,15 @@ rest of the report is built. A partial last line in metrics.jsonl (a killed run)
 from __future__ import annotations
 
 import json
-import math
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vaelab import sections as sec
 from vaelab.errors import VaelabError
 from vaelab.report import plots
 from vaelab.report.html import (
@@ -41,10 +45,12 @@ from vaelab.report.html import (
     table_html,
     write_page,
 )
+from vaelab.report.render import duration, format_value, render_sections, with_stderr
+from vaelab.runfolder import checkpoint_sha256, run_version
 
-__all__ = ["build_report", "read_metrics", "FIGURE_FILES"]
+__all__ = ["build_report", "read_metrics", "FIGURE_FILES", "legacy_sections"]
 
-#: The arrays the report draws: file name in ``figures/`` -> (required keys, optional keys).
+#: Version 1 run folders: the fixed figure files, name in ``figures/`` -> (required keys, optional keys).
 FIGURE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reconstructions.npz": (("original", "reconstruction"), ()),
     "samples.npz": (("images",), ()),
@@ -52,80 +58,12 @@ FIGURE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "latents.npz": (("codes",), ("labels",)),
 }
 
-_MAX_PAIRS = 24  # reconstruction pairs shown (two blocks of 12)
-_MAX_SAMPLES = 100  # samples shown (10 x 10)
 _MAX_EMBED_BYTES = 20 * 2**20  # an extra image larger than this is left out (the page would be unwieldy)
 _BAD_INPUT = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _TRAIN_HINT = "train a run first with `vaelab train CONFIG.toml --out {run}`"
-
-# Labels and number formats for eval.json keys; unknown keys are shown under their own name.
-_EVAL_LABELS = {
-    "split": "Split",
-    "n_examples": "Examples",
-    "is_samples": "Importance samples K",
-    "log_px": "IS log p(x) (nats)",
-    "elbo": "ELBO (nats)",
-    "iwae": "IWAE bound (nats)",
-    "bits_per_dim": "Bits/dim",
-    "kl": "KL(q(z|x) ‖ p(z)) (nats)",
-    "reconstruction": "Reconstruction E_q log p(x|z) (nats)",
-    "active_units": "Active units",
-    "latent_dim": "Latent size",
-    "ess_mean": "Mean effective sample size",
-    "ess_min": "Smallest effective sample size",
-    "seconds": "Evaluation time",
-    "weights": "Weights",
-    "checkpoint": "Checkpoint",
-    "step": "Step",
-    "nll": "NLL (nats)",
-    "perplexity": "Perplexity",
-}
-_NATS_KEYS = frozenset({"log_px", "elbo", "iwae", "kl", "reconstruction", "nll"})
-
-
-# ------------------------------------------------------------------------------------------ formatting
-
-
-def _minus(s: str) -> str:
-    """Typographic minus sign for a formatted number."""
-    return s.replace("-", "\u2212", 1) if s.startswith("-") else s
-
-
-def _num(v: Any, key: str = "") -> str:
-    """A value from eval.json or metrics as text, with a format suited to its key."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return v if isinstance(v, str) else json.dumps(v)
-    if isinstance(v, int):
-        return _minus(str(v))
-    if not math.isfinite(v):
-        return str(v)
-    if key in _NATS_KEYS:
-        return _minus(f"{v:.2f}")
-    if key == "bits_per_dim":
-        return f"{v:.4f}"
-    if key in ("seconds", "time"):
-        return _duration(v)
-    return _minus(f"{v:.4g}")
-
-
-def _duration(seconds: float) -> str:
-    """``42.3 s``, ``12 min 05 s``, ``3 h 07 min``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(int(round(seconds)), 60)
-    if m < 60:
-        return f"{m} min {s:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
-
-
-def _with_stderr(d: Mapping[str, Any], key: str) -> str:
-    """``d[key]`` as text, followed by ``± d[key + "_stderr"]`` when that is present."""
-    text = _num(d[key], key)
-    se = d.get(f"{key}_stderr")
-    if isinstance(se, (int, float)) and not isinstance(se, bool) and math.isfinite(se):
-        text += f" ± {se:.2f}"
-    return text
+_num = format_value
+_duration = duration
+_with_stderr = with_stderr
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -265,54 +203,65 @@ def _curves(rows: list[dict[str, Any]]) -> Section:
     return sec
 
 
-def _figure_section(
-    title: str, path: Path, draw: Callable[[dict[str, np.ndarray]], tuple[Any, str]], missing: str | None
-) -> Section | None:
-    """A section drawing one known npz file; None when the file is absent and ``missing`` is None."""
-    sec = Section(title)
+def _legacy_figure(run: Path, file: str, name: str, title: str, caption: str) -> sec.Section | None:
+    """One fixed figure file of a version 1 folder as a section (None when absent)."""
+    path = run / "figures" / file
     if not path.is_file():
-        if missing is None:
-            return None
-        sec.body = note_html(missing)
-        return sec
+        return None
     try:
-        fig, caption = draw(_load_npz(path))
+        a = _load_npz(path)
     except _BAD_INPUT as e:
-        sec.body = note_html(f"Could not draw figures/{path.name}: {e}")
-        return sec
-    sec.figures.append((figure_png(fig), caption))
-    return sec
+        return sec.UnreadableSection(name=name, title=title, reason=f"figures/{file}: {e}")
+    cls = {"reconstructions": sec.ReconstructionsSection, "samples": sec.ImagesSection,
+           "manifold": sec.ManifoldSection, "latents": sec.ScatterSection}[name]
+    return cls(name=name, title=title, caption=caption, **a)
 
 
-def _draw_reconstructions(a: dict[str, np.ndarray]) -> tuple[Any, str]:
-    orig, rec = a["original"][:_MAX_PAIRS], a["reconstruction"][:_MAX_PAIRS]
-    fig = plots.reconstruction_figure(orig, rec)
-    return fig, f"{len(orig)} inputs (upper row of each pair) and their reconstructions (lower row)."
+def legacy_sections(run: Path, ev: dict[str, Any] | None) -> list[sec.Section]:
+    """The sections of a version 1 run folder (no sections.json): its fixed figure files, in the
+    order the report drew them, and eval.json."""
+    out = []
+    for file, name, title, caption in (
+        ("reconstructions.npz", "reconstructions", "Reconstructions", ""),
+        ("samples.npz", "samples", "Samples", ""),
+        ("manifold.npz", "manifold", "Latent manifold",
+         "Decoder means over a grid of latent values spaced by the inverse Gaussian CDF "
+         "(as in Kingma & Welling 2014, Figure 4)."),
+        ("latents.npz", "latents", "Latent codes", ""),
+    ):
+        s = _legacy_figure(run, file, name, title, caption)
+        if s is not None:
+            out.append(s)
+    if ev is not None:
+        out.append(sec.MetricsSection(name="evaluation", title="Evaluation", values=ev))
+    return out
 
 
-def _draw_samples(a: dict[str, np.ndarray]) -> tuple[Any, str]:
-    images = a["images"][:_MAX_SAMPLES]
-    return plots.image_grid(images), f"{len(images)} samples from the model."
-
-
-def _draw_manifold(a: dict[str, np.ndarray]) -> tuple[Any, str]:
-    n = len(np.asarray(a["grid"]).reshape(-1))
-    caption = (
-        f"Decoder means over a {n}×{n} grid of latent values spaced by the inverse Gaussian CDF "
-        "(as in Kingma & Welling 2014, Figure 4)."
-    )
-    return plots.manifold_figure(a["images"], a["grid"]), caption
-
-
-def _draw_latents(a: dict[str, np.ndarray]) -> tuple[Any, str]:
-    codes = a["codes"]
-    labels = a.get("labels")
-    by = "coloured by label" if labels is not None else "(no labels saved)"
-    return plots.latent_scatter(codes, labels), f"Posterior means of {len(codes)} examples, {by}."
+def _run_sections(run: Path, version: int, ev: dict[str, Any] | None, ev_note: str) -> list[Section]:
+    """The run's own sections (figures, tables, samples, evaluation) as page blocks."""
+    if version < 2:
+        blocks = render_sections(legacy_sections(run, ev))
+        if ev is None:
+            blocks.append(Section("Evaluation", note_html(ev_note)))
+        if not any(b.figures for b in blocks):
+            blocks.insert(0, Section("Figures", note_html(
+                f"No figures in the run folder: run `vaelab eval {run}` to draw them.")))
+        return blocks
+    try:
+        found = sec.read_sections(run)
+    except VaelabError as e:
+        return [Section("Figures", note_html(str(e)))]
+    if not found:
+        note = f"No sections.json in the run folder: run `vaelab eval {run}` to write its figures."
+        return [Section("Figures", note_html(note))]
+    blocks = render_sections(found)
+    if ev is None and not any(s.name == "evaluation" for s in found):
+        blocks.append(Section("Evaluation", note_html(ev_note)))
+    return blocks
 
 
 def _other_figures(fig_dir: Path) -> Section | None:
-    sec = Section("Other figures")
+    sec_ = Section("Other figures")
     notes = []
     files = sorted(p for p in fig_dir.glob("*") if p.is_file()) if fig_dir.is_dir() else []
     for p in files:
@@ -324,28 +273,44 @@ def _other_figures(fig_dir: Path) -> Section | None:
             if image_mime(data) is None:
                 notes.append(f"figures/{p.name} left out: not a PNG, JPEG or GIF image.")
                 continue
-            sec.figures.append((data, p.stem))
+            sec_.figures.append((data, p.stem))
         elif p.suffix == ".npz" and p.name not in FIGURE_FILES:
             notes.append(f"figures/{p.name} not drawn: the report does not know this figure.")
-    if not sec.figures and not notes:
+    if not sec_.figures and not notes:
         return None
-    sec.body = "".join(note_html(n) for n in notes)
-    return sec
+    sec_.body = "".join(note_html(n) for n in notes)
+    return sec_
 
 
-def _evaluation(ev: dict[str, Any] | None, ev_note: str) -> Section:
-    sec = Section("Evaluation")
-    if ev is None:
-        sec.body = note_html(ev_note)
-        return sec
-    rows = []
-    for key, value in ev.items():
-        if key.endswith("_stderr") and key[: -len("_stderr")] in ev:
-            continue  # shown as ± beside its value
-        label = _EVAL_LABELS.get(key, key)
-        rows.append((label, _with_stderr(ev, key) if isinstance(value, (int, float)) else _num(value, key)))
-    sec.body = table_html(("Quantity", "Value"), rows, cls="kv")
-    return sec
+def _chain(run: Path, config: Mapping[str, Any] | None) -> Section | None:
+    """Parent -> child, each with the checkpoint hash the child recorded and whether it still holds."""
+    links: list[tuple[str, str, str, str]] = []
+    seen = {run.resolve()}
+    cfg = config
+    while isinstance(cfg, Mapping) and isinstance(cfg.get("parent"), Mapping) and cfg["parent"].get("run"):
+        parent = Path(str(cfg["parent"]["run"]))
+        recorded = str(cfg["parent"].get("sha256", ""))
+        try:
+            now = checkpoint_sha256(parent)
+            state = "matches" if now == recorded else f"changed: now {now[:12]}"
+        except (OSError, VaelabError):
+            state = "parent checkpoint not found"
+        try:
+            pcfg = _read_json(parent / "config.json")
+        except (OSError, ValueError):
+            pcfg = None
+        model = pcfg.get("model", {}).get("name", "?") if isinstance(pcfg, Mapping) else "?"
+        links.append((str(parent), model, recorded[:12] or "not recorded", state))
+        if parent.resolve() in seen:
+            break
+        seen.add(parent.resolve())
+        cfg = pcfg
+    if not links:
+        return None
+    names = " → ".join([*(p for p, *_ in reversed(links)), f"{run} (this run)"])
+    body = f"<p>{names}</p>" + table_html(
+        ("Parent run", "Model", "Checkpoint sha256 recorded by its child", "Now"), links)
+    return Section("Run chain", body)
 
 
 def _configuration(config: dict[str, Any] | None, note: str) -> Section:
@@ -400,29 +365,20 @@ def build_report(run_dir: str | Path) -> Path:
             f"{run} was written by `{_first_words(run / 'command.txt')}`, whose report this version "
             "cannot rebuild from the folder; run that command again to write it"
         )
+    version = run_version(run)  # a folder newer than this vaelab is refused in one line
     ev_note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
     try:
         ev = _read_json(run / "eval.json")
     except (OSError, ValueError) as e:
         ev, ev_note = None, f"eval.json could not be read ({e}); run `vaelab eval {run}` again."
     rows = read_metrics(run / "metrics.jsonl")
-    figs = run / "figures"
-    no_fig = "No figures/{} in the run folder."
 
     sections = [
         _summary(rows, ev, ev_note),
+        _chain(run, config),
         _curves(rows),
-        _figure_section(
-            "Reconstructions",
-            figs / "reconstructions.npz",
-            _draw_reconstructions,
-            no_fig.format("reconstructions.npz"),
-        ),
-        _figure_section("Samples", figs / "samples.npz", _draw_samples, no_fig.format("samples.npz")),
-        _figure_section("Latent manifold", figs / "manifold.npz", _draw_manifold, None),
-        _figure_section("Latent codes", figs / "latents.npz", _draw_latents, no_fig.format("latents.npz")),
-        _other_figures(figs),
-        _evaluation(ev, ev_note),
+        *_run_sections(run, version, ev, ev_note),
+        _other_figures(run / "figures"),
         _configuration(config, config_note),
         _command(run),
     ]

@@ -20,7 +20,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-__all__ = ["image_grid", "reconstruction_figure", "manifold_figure", "latent_scatter", "training_curves"]
+__all__ = [
+    "image_grid",
+    "reconstruction_figure",
+    "manifold_figure",
+    "latent_scatter",
+    "training_curves",
+    "line_plot",
+]
 
 DPI = 100
 _TARGET_PX = (
@@ -400,4 +407,34 @@ def training_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
         fig.legend(
             handles.values(), handles.keys(), loc="outside upper right", ncols=len(handles), frameon=False
         )
+    return fig
+
+
+def line_plot(
+    x: Any, y: Any, labels: Sequence[str] = (), xlabel: str = "", ylabel: str = "",
+    logx: bool = False, logy: bool = False,
+) -> Figure:
+    """Curves over one axis: ``x`` (N,), ``y`` (M, N) or (N,), one line per row, named by ``labels``.
+
+    Raises:
+        ValueError: when ``y``'s last dimension is not the length of ``x``.
+    """
+    xs = np.asarray(x, dtype=float).reshape(-1)
+    ys = np.asarray(y, dtype=float)
+    ys = ys.reshape(1, -1) if ys.ndim == 1 else ys.reshape(len(ys), -1)
+    if ys.shape[1] != len(xs):
+        raise ValueError(f"y has {ys.shape[1]} points per curve but x has {len(xs)}")
+    fig = Figure(figsize=(6.0, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for i, row in enumerate(ys):
+        ax.plot(xs, row, lw=1.4, label=labels[i] if i < len(labels) else None)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if labels:
+        ax.legend(frameon=False)
     return fig

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from vaelab import __version__
+from vaelab._version import __version__
 from vaelab.errors import VaelabError
 
 __all__ = [

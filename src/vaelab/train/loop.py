@@ -1,7 +1,8 @@
 """The training loop: small, generic, and ignorant of what is being trained.
 
 It sees a model whose ``forward(batch)`` returns a ``LossOutput`` (``loss`` plus named per-example
-terms), an iterable of batches, and a ``TrainConfig``. Schedules are pure functions of the step;
+terms) and whose ``train_step`` it sets before every step, an iterable of batches, and a
+``TrainConfig``. Schedules are pure functions of the step;
 logging, checkpointing and early stopping are callbacks. A non-finite loss stops the run with a
 clear message and writes no checkpoint, so the last good one stays. Ctrl-C finishes the current
 step, writes a checkpoint and stops; a second Ctrl-C stops at once.
@@ -453,8 +454,7 @@ class Trainer:
                         lr = self._set_lr()
                         if not model.training:  # a walk over every submodule: only after evaluation
                             model.train()
-                        if hasattr(model, "train_step"):
-                            model.train_step = self.step
+                        model.train_step = self.step  # the step, for schedules inside the loss
                         out = loss_fn(batch)
                         for p in params:  # zero_grad(set_to_none=True) without its per-step wrapper
                             p.grad = None

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import math
 
+from vaelab.schedules import linear_ramp
+
 __all__ = ["learning_rate", "linear_ramp"]
-
-
-def linear_ramp(step: int, length: int, start: float = 0.0, end: float = 1.0) -> float:
-    """``start`` at step 0 rising linearly to ``end`` at ``length`` (and after). length 0: ``end``."""
-    if length <= 0 or step >= length:
-        return end
-    return start + (end - start) * step / length
 
 
 def learning_rate(

@@ -540,7 +540,7 @@ class LDAModel:
         """Write ``folder/lda.safetensors`` (lambda, alpha, eta) and ``folder/lda.json``; returns folder."""
         from safetensors.numpy import save_file
 
-        from vaelab import __version__
+        from vaelab._version import __version__
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

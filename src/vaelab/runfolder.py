@@ -1,0 +1,130 @@
+"""The run folder's schema version (``run.json``) and the link to a parent run. No torch, no model.
+
+A run folder written by this vaelab holds ``run.json``::
+
+    {"format": "vaelab-run", "version": 2, "vaelab_version": "0.1.0"}
+
+Versions:
+
+* 1: no ``run.json`` (vaelab 0.1.0 before run folders were versioned): ``config.json``,
+  ``checkpoints/``, ``figures/*.npz`` drawn by the report under fixed names, ``eval.json``. Read as it is:
+  it loads, evaluates and reports (the report reads its figures through a compatibility path).
+* 2: ``run.json``; the report's sections in ``sections.json`` (``vaelab.sections``); a run that
+  builds on another names it in its config (``[parent] run``, ``sha256``).
+
+A folder claiming a version newer than :data:`RUN_VERSION`, or a ``run.json`` that is not one, is
+refused in one line naming the version and what to do.
+
+Parent runs: a run that builds on another (a prior over a VQ-VAE's codes) names the parent's folder
+in ``parent.run``; when it starts, the sha256 of the parent checkpoint's weights
+(:func:`checkpoint_sha256`) is recorded in ``parent.sha256``, and every load checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from vaelab._version import __version__
+from vaelab.errors import VaelabError
+
+__all__ = [
+    "RUN_FILE",
+    "RUN_VERSION",
+    "write_run_file",
+    "run_version",
+    "parent_checkpoint",
+    "checkpoint_sha256",
+    "check_parent",
+]
+
+RUN_FILE = "run.json"
+RUN_VERSION = 2
+_FORMAT = "vaelab-run"
+
+
+def write_run_file(run_dir: str | Path) -> Path:
+    """Write ``run_dir/run.json`` (this vaelab's run folder version) atomically."""
+    path = Path(run_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
+    doc = {"format": _FORMAT, "version": RUN_VERSION, "vaelab_version": __version__}
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def run_version(run_dir: str | Path) -> int:
+    """The schema version of a run folder: 1 without ``run.json``, else the one it names.
+
+    Raises:
+        VaelabError: ``run.json`` unreadable, not a vaelab run file, or newer than this vaelab reads.
+    """
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return 1
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VaelabError(
+            f"{path} is unreadable ({exc}); restore it, or delete it to read the folder as a version 1 run"
+        ) from None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(version, int):
+        raise VaelabError(
+            f"{path} is not a vaelab run file (no format {_FORMAT!r} with an integer version); "
+            "restore it, or delete it to read the folder as a version 1 run"
+        )
+    if version > RUN_VERSION:
+        raise VaelabError(
+            f"run folder {path.parent} has version {version} "
+            f"(written by vaelab {doc.get('vaelab_version', '?')}); "
+            f"this vaelab {__version__} reads versions 1-{RUN_VERSION}: upgrade vaelab to use it"
+        )
+    if version < 1:
+        raise VaelabError(
+            f"{path} names version {version}, which no vaelab wrote; restore the file, or "
+            "delete it to read the folder as a version 1 run"
+        )
+    return version
+
+
+def parent_checkpoint(parent_run: str | Path) -> Path:
+    """The weights file of the checkpoint a child builds on: ``checkpoints/best`` when present, else
+    the one ``checkpoints/latest`` names (as ``load_run_model`` picks)."""
+    run = Path(parent_run)
+    ckdir = run / "checkpoints"
+    best = ckdir / "best" / "model.safetensors"
+    if best.is_file():
+        return best
+    latest = ckdir / "latest"
+    name = latest.read_text(encoding="utf-8").strip() if latest.is_file() else ""
+    if name and (ckdir / name / "model.safetensors").is_file():
+        return ckdir / name / "model.safetensors"
+    raise VaelabError(f"parent run {run} has no checkpoint; train it first (vaelab train CONFIG --out {run})")
+
+
+def checkpoint_sha256(parent_run: str | Path) -> str:
+    """sha256 (hex) of the parent run's checkpoint weights (:func:`parent_checkpoint`)."""
+    h = hashlib.sha256()
+    with open(parent_checkpoint(parent_run), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_parent(child: str | Path, parent_run: str, recorded: str) -> None:
+    """Refuse (one line) a child whose parent's checkpoint is not the one it was started on."""
+    if not Path(parent_run).is_dir():
+        raise VaelabError(
+            f"run {child} builds on {parent_run}, which is not there; restore the parent run "
+            "folder (or run from the folder its path is relative to)"
+        )
+    now = checkpoint_sha256(parent_run)
+    if recorded and now != recorded:
+        raise VaelabError(
+            f"run {child} was started on parent {parent_run} with checkpoint sha256 {recorded[:12]}, but the "
+            f"parent's checkpoint is now {now[:12]}; restore that parent checkpoint or retrain {child}"
+        )

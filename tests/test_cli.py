@@ -195,7 +195,8 @@ def test_users_own_data_trains_with_no_code(tmp_path):
     assert main(["train", SMOKE, "--out", str(out), *args]) == 0
     ev = json.loads((out / "eval.json").read_text())
     assert ev["n_dims"] == 3 * 8 * 6 and np.isfinite(ev["log_px"])
-    assert np.load(out / "figures" / "samples.npz")["images"].shape[1:] == (3, 8, 6)
+    samples = {s.name: s for s in read_sections(out)}["samples"]
+    assert samples.images.shape[1:] == (3, 8, 6)
 
     np.save(tmp_path / "x.npy", rng.random((120, 5, 7), dtype=np.float32))
     out = tmp_path / "npy_run"

@@ -120,7 +120,7 @@ def test_download_success_is_verified_and_idempotent(
 def test_ap_corpus_downloads_verified_and_loads_for_lda(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ) -> None:
-    from vaelab.vi.corpus import load_ap
+    from vaelab.data.ap import load_ap
 
     ds = get_dataset("ap")
     serve(monkeypatch, {f.urls[0]: (data_root / "ap" / f.name).read_bytes() for f in ds.files})

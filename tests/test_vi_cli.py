@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vaelab.cli import main
-from vaelab.vi.corpus import data_root
+from vaelab.data.registry import data_root
 from vaelab.vi.lda import LDAModel, sample_corpus
 
 # small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)

@@ -15,13 +15,13 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.special import gammaln, logsumexp, psi
 
+from vaelab.data.ap import load_ap
+from vaelab.data.registry import data_root
 from vaelab.errors import VaelabError
 from vaelab.vi import lda as lda_module
 from vaelab.vi.corpus import (
     AP_SHAPE,
-    data_root,
     from_token_lists,
-    load_ap,
     load_ldac,
     load_text,
     split_tokens,

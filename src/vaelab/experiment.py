@@ -358,13 +358,17 @@ def evaluate_run(
             model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
         )
         result.update(ll.as_dict())
-        nll, counts = -ll.log_px, torch.cat([example_counts(b) for b in batches.epoch(0)])
-    else:
-        nll, counts = negative_elbo_per_example(model, batches.epoch(0))
-    # the likelihood in the units of the data kind (bits/dim, perplexity per token, ...)
-    fitted = units(prep.spec.kind, nll, counts, bound=not isinstance(model, LatentVariableModel))
-    result.update(fitted.as_dict())
-    result["units"] = fitted.describe()
+    # the likelihood in the units of the data kind (bits/dim, perplexity per token, ...): from the
+    # importance-sampled log p(x) where there is one, else from the loss's per-example -ELBO
+    fitted = None
+    if isinstance(model, LatentVariableModel):
+        counts = torch.cat([example_counts(b) for b in batches.epoch(0)])
+        fitted = units(prep.spec.kind, -ll.log_px, counts)
+    elif "elbo" in terms:
+        fitted = units(prep.spec.kind, *negative_elbo_per_example(model, batches.epoch(0)), bound=True)
+    if fitted is not None:
+        result.update(fitted.as_dict())
+        result["units"] = fitted.describe()
     if isinstance(model, LatentVariableModel):
         from vaelab.evaluation import posterior_means
 

@@ -210,7 +210,8 @@ def sample_cmd(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise VaelabError(f"-n must be >= 1, got {args.n}")
     images = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
-    png = Path(args.png) if args.png else Path(args.run) / "samples.png"
+    png = Path(args.png) if args.png else Path(args.run) / "figures" / "samples.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(figure_png(image_grid(images, title=f"{args.n} samples")))
     print(f"{args.n} samples: {png} (arrays in {Path(args.run) / 'sections'})")
     return 0

@@ -256,8 +256,8 @@ def lda_cmd(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from vaelab.data.ap import resolve_corpus
     from vaelab.report.html import Section, table_html, write_run_page
-    from vaelab.vi.corpus import resolve_corpus
     from vaelab.vi.lda import (
         BatchLDA,
         LDAConfig,

@@ -2,21 +2,25 @@
 
 It is registered like every dataset, so ``vaelab data list`` shows it (present, verified) and
 ``vaelab data download ap`` fetches it, but it holds word counts, not images: it is read by
-:func:`vaelab.vi.corpus.load_ap` (``vaelab lda ap``), and training an image model on it is refused
+:func:`load_ap` (``vaelab lda ap``), and training an image model on it is refused
 with a message that says so. Formats and sources: ../shared/data/README.md, section 7.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
 from .base import ImageSplits
-from .registry import DataFile, Dataset, register_dataset
+from .registry import DataFile, Dataset, data_root, register_dataset
 
-__all__ = ["AP", "AP_FILES"]
+if TYPE_CHECKING:
+    from vaelab.vi.corpus import Corpus
+
+__all__ = ["AP", "AP_FILES", "AP_SHA256", "load_ap", "resolve_corpus"]
 
 _GITHUB = "https://raw.githubusercontent.com"
 AP_FILES = (
@@ -51,3 +55,39 @@ AP = register_dataset(
         loader=_not_images,
     )
 )
+AP_SHA256 = {f.name: f.sha256 for f in AP_FILES}
+
+
+def load_ap(root: str | Path | None = None) -> Corpus:
+    """The AP corpus of lda-c from ``<root>/ap/{ap.dat,vocab.txt}`` (root: :func:`data_root`), sha256-checked.
+
+    Shape: 2246 documents, 10473 terms, 435838 tokens (``vaelab.vi.corpus.AP_SHAPE``).
+    """
+    from vaelab.vi.corpus import load_ldac
+
+    folder = (Path(root) if root is not None else data_root()) / "ap"
+    for fname in AP_SHA256:
+        if not (folder / fname).is_file():
+            raise VaelabError(
+                f"AP corpus file not found: {folder / fname}; run `vaelab data download ap`, or set "
+                "VAELAB_DATA to the folder holding ap/ap.dat and ap/vocab.txt (Blei's lda-c ap.tgz)"
+            )
+    return load_ldac(folder / "ap.dat", folder / "vocab.txt", sha256=AP_SHA256, name="ap")
+
+
+def resolve_corpus(spec: str, *, root: str | Path | None = None) -> Corpus:
+    """``ap`` (the AP corpus under the data root), a path to an lda-c ``.dat`` file (vocab.txt beside it),
+    or a plain text file with one document per line."""
+    from vaelab.vi.corpus import load_ldac, load_text
+
+    if spec == "ap":
+        return load_ap(root)
+    path = Path(spec)
+    if not path.exists():
+        raise VaelabError(
+            f"corpus {spec!r} not found: give 'ap', an lda-c .dat file with vocab.txt beside it, "
+            "or a text file with one document per line"
+        )
+    if path.suffix == ".dat":
+        return load_ldac(path)
+    return load_text(path)

@@ -3,14 +3,34 @@
 from vaelab.models import vae as _vae  # noqa: F401  (registers "vae")
 from vaelab.models.base import (
     MODELS,
+    AutoregressivePrior,
+    DiscreteCodeModel,
+    LatentVariableModel,
     LossOutput,
     Model,
     ModelConfig,
+    Reconstructing,
+    ReportInputs,
+    Sampling,
     build_model,
     model_class,
     model_names,
     register_model,
 )
 
-__all__ = ["MODELS", "LossOutput", "Model", "ModelConfig", "build_model", "model_class", "model_names",
-           "register_model"]
+__all__ = [
+    "MODELS",
+    "AutoregressivePrior",
+    "DiscreteCodeModel",
+    "LatentVariableModel",
+    "LossOutput",
+    "Model",
+    "ModelConfig",
+    "Reconstructing",
+    "ReportInputs",
+    "Sampling",
+    "build_model",
+    "model_class",
+    "model_names",
+    "register_model",
+]

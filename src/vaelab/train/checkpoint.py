@@ -208,10 +208,12 @@ def load_checkpoint(
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise VaelabError(f"{folder} is not a vaelab checkpoint (state.json has no format '{FORMAT}')")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 1)  # the first checkpoints carried no version: 1
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise VaelabError(
-            f"checkpoint {folder} was written by a newer vaelab "
-            f"({meta.get('vaelab_version')}); upgrade vaelab to load it"
+            f"checkpoint {folder} has format version {version!r} (written by vaelab "
+            f"{meta.get('vaelab_version', '?')}); this vaelab reads versions up to {FORMAT_VERSION}: "
+            "upgrade vaelab to load it"
         )
 
     def read(name: str) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@
 """
 
 from vaelab.vi.cavi import CaviTrace, ElboDecreaseError, cavi
-from vaelab.vi.corpus import Corpus, from_token_lists, load_ap, load_ldac, load_text, resolve_corpus
+from vaelab.vi.corpus import Corpus, from_token_lists, load_ldac, load_text
 from vaelab.vi.gaussian2d import DiagonalGaussian, forward_kl_fit, reverse_kl_cavi, reverse_kl_closed_form
 from vaelab.vi.ising import (
     IsingGrid,
@@ -42,11 +42,9 @@ __all__ = [
     "reverse_kl_closed_form",
     "forward_kl_fit",
     "Corpus",
-    "load_ap",
     "load_ldac",
     "load_text",
     "from_token_lists",
-    "resolve_corpus",
     "LDAConfig",
     "OnlineLDAConfig",
     "LDAModel",

@@ -2,7 +2,8 @@
 
 A :class:`Corpus` is a sparse document-term count matrix (scipy CSR, shape (D, V), int64, sorted
 column indices) with its vocabulary. Loaders raise :class:`~vaelab.errors.VaelabError` with a one-line
-message naming the file and the fix when a file is missing, corrupt or malformed.
+message naming the file and the fix when a file is missing, corrupt or malformed. Finding files under
+the data root (the AP corpus, ``vaelab lda ap``) is the data layer's: ``vaelab.data.ap``.
 
 lda-c format (Blei's ``lda-c``; the AP corpus): one document per line,
 ``M id_1:count_1 ... id_M:count_M``, with M the number of distinct terms and ids 0-based line numbers
@@ -20,27 +21,20 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from vaelab.data.ap import AP_FILES
-from vaelab.data.registry import data_root
 from vaelab.errors import VaelabError
 
 __all__ = [
     "Corpus",
-    "AP_SHA256",
     "AP_SHAPE",
-    "data_root",
     "sha256_file",
     "load_ldac",
-    "load_ap",
     "load_text",
     "from_token_lists",
-    "resolve_corpus",
     "split_tokens",
 ]
 
-# The AP sample of Blei's lda-c (../shared/data/README.md, section 7).
-# The files and their checksums are those of the data registry's entry (vaelab.data.ap).
-AP_SHA256 = {f.name: f.sha256 for f in AP_FILES}
+# The AP sample of Blei's lda-c (../shared/data/README.md, section 7); its files, their checksums and
+# its loader are the data registry's entry (vaelab.data.ap.load_ap).
 AP_SHAPE = {"docs": 2246, "vocab": 10473, "tokens": 435838}
 
 _LINE = re.compile(r"^\s*(\d+)((?:\s+\d+:\d+)*)\s*$")
@@ -184,22 +178,6 @@ def load_ldac(
     return Corpus(_csr(counts), vocab, name or dat_path.stem)
 
 
-def load_ap(root: str | Path | None = None) -> Corpus:
-    """The AP corpus of lda-c from ``<root>/ap/{ap.dat,vocab.txt}`` (root: :func:`data_root`), sha256-checked.
-
-    Shape: 2246 documents, 10473 terms, 435838 tokens.
-    """
-    folder = (Path(root) if root is not None else data_root()) / "ap"
-    for fname in AP_SHA256:
-        _need_file(
-            folder / fname,
-            "AP corpus file",
-            "run `vaelab data download ap`, or set VAELAB_DATA to the folder holding ap/ap.dat and "
-            "ap/vocab.txt (Blei's lda-c ap.tgz)",
-        )
-    return load_ldac(folder / "ap.dat", folder / "vocab.txt", sha256=AP_SHA256, name="ap")
-
-
 def tokenize(text: str) -> list[str]:
     """Lower-cased alphabetic words (apostrophes inside words kept); digits and punctuation dropped."""
     return _WORD.findall(text.lower())
@@ -257,22 +235,6 @@ def load_text(path: str | Path, *, min_count: int = 2, stopwords: Iterable[str] 
     if corpus.n_tokens == 0:
         raise VaelabError(f"{path} has no words that occur at least {min_count} times")
     return corpus
-
-
-def resolve_corpus(spec: str, *, root: str | Path | None = None) -> Corpus:
-    """``ap`` (the AP corpus under the data root), a path to an lda-c ``.dat`` file (vocab.txt beside it),
-    or a plain text file with one document per line."""
-    if spec == "ap":
-        return load_ap(root)
-    path = Path(spec)
-    if not path.exists():
-        raise VaelabError(
-            f"corpus {spec!r} not found: give 'ap', an lda-c .dat file with vocab.txt beside it, "
-            "or a text file with one document per line"
-        )
-    if path.suffix == ".dat":
-        return load_ldac(path)
-    return load_text(path)
 
 
 def split_tokens(counts: sp.csr_matrix, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:

@@ -81,7 +81,6 @@ name = "toyseq"
 latent_dim = 3
 [data]
 name = "text:{corpus}"
-valid_size = 0
 [train]
 epochs = 8
 batch_size = 8

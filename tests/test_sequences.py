@@ -104,3 +104,31 @@ def test_batch_to_device_keeps_fields():
     moved = batch.to("cpu")
     assert isinstance(moved, TokenBatch) and torch.equal(moved.tokens, batch.tokens)
     assert torch.equal(moved.mask, batch.mask) and torch.equal(moved.lengths, batch.lengths)
+
+
+def test_token_batch_split_trims_each_piece_to_its_longest():
+    batch = Sequences.from_lists([[5, 6, 7], [8], [9, 10], [11]]).pad(torch.arange(4), PAD)
+    pieces = batch.split(2)
+    assert [p.tokens.tolist() for p in pieces] == [[[5, 6, 7], [8, 0, 0]], [[9, 10], [11, 0]]]
+    assert [p.lengths.tolist() for p in pieces] == [[3, 1], [2, 1]]
+    assert torch.equal(pieces[1].mask, torch.tensor([[True, True], [True, False]]))
+
+
+def test_importance_sampled_likelihood_takes_token_batches():
+    """IS log p(x) over TokenBatches: with weights p(x, z) / q(z|x) = exp(-3 * length) whatever z,
+    log p(x) is exactly -3 * length for every sequence, in order, however the batches are cut."""
+    from types import SimpleNamespace
+
+    from vaelab.evaluation.likelihood import importance_sampled_log_likelihood
+
+    class Exact(torch.nn.Module):
+        spec = SimpleNamespace(n_dims=40)
+
+        def log_importance_weights(self, x: TokenBatch, s: int) -> torch.Tensor:
+            return (-3.0 * x.lengths.double()).expand(s, len(x))
+
+    seqs = corpus(n=50)
+    batches = SequenceBatches(seqs, 16, pad_id=PAD, shuffle=False).epoch(0)
+    lengths = torch.cat([b.lengths for b in SequenceBatches(seqs, 16, pad_id=PAD, shuffle=False).epoch(0)])
+    result = importance_sampled_log_likelihood(Exact(), batches, k=300, max_elements=40 * 300 * 4)
+    assert torch.allclose(result.log_px, -3.0 * lengths.double()) and result.log_px.numel() == 50

@@ -94,6 +94,17 @@ class TokenBatch:
     def device(self) -> torch.device:
         return self.tokens.device
 
+    def split(self, size: int) -> tuple[TokenBatch, ...]:
+        """Consecutive pieces of at most ``size`` sequences (as ``Tensor.split`` along the batch),
+        each as wide as its own longest sequence."""
+        out = []
+        for start in range(0, len(self), size):
+            lengths = self.lengths[start : start + size]
+            width = int(lengths.max()) if len(lengths) else 0
+            rows = slice(start, start + size)
+            out.append(TokenBatch(self.tokens[rows, :width], lengths, self.mask[rows, :width]))
+        return tuple(out)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TokenBatch:
         return TokenBatch(
             self.tokens.to(device, non_blocking=non_blocking),

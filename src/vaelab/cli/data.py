@@ -76,6 +76,7 @@ def _list(args: argparse.Namespace) -> int:
 _PREFIX_HELP = {
     "folder": "a folder of images (png/jpg/bmp/gif/webp); sub-folders become labels",
     "npy": "a .npy/.npz array (N,H,W), (N,H,W,C), (N,C,H,W) or (N,D)",
+    "text": "sentences, one per line: a folder with train/valid/test .txt, or one file (split by seed)",
 }
 
 

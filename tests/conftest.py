@@ -29,16 +29,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(params=["compiled", "numpy"])
-def backend(request, monkeypatch):
-    """Run a test with vaelab._sparse's compiled loops (numba) and again with its NumPy way."""
-    from vaelab import _sparse
-
-    if request.param == "compiled":
-        if not _sparse.compiled():
-            pytest.fail("numba is a dependency of vaelab: the compiled loops must load here")
-    else:
-        monkeypatch.setattr(_sparse, "_KERNELS", None)
-    return request.param

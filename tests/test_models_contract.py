@@ -112,6 +112,8 @@ def test_declared_interfaces_hold(name, i):
         assert model.reconstruct(x).shape == x.shape
     if isinstance(model, Sampling):
         assert model.sample(4).shape == (4, *model.spec.shape)
+        section = model.samples_section(3)
+        assert section.name == "samples" and type(section) in sections.SECTION_KINDS.values()
     if isinstance(model, DiscreteCodeModel):
         codes = model.encode_codes(x)
         assert codes.dtype == torch.long and codes.shape[0] == b

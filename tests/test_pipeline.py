@@ -96,11 +96,13 @@ class IndependentPixels(Model, Sampling):
     def sample(self, n: int) -> Tensor:
         return torch.bernoulli(torch.sigmoid(self.logits).expand(n, -1)).unflatten(-1, self.spec.shape)
 
+    def samples_section(self, n: int) -> sections.Section:
+        return sections.ImagesSection(name="samples", title="Samples", images=self.sample(n).numpy())
+
     def report_sections(self, inputs: ReportInputs) -> list[sections.Section]:
         p = torch.sigmoid(self.logits).detach().numpy()
         return [
-            sections.ImagesSection(name="samples", title="Samples",
-                                   images=self.sample(inputs.n_samples).numpy()),
+            self.samples_section(inputs.n_samples),
             sections.TableSection(name="pixels", title="Brightest pixels", header=["pixel", "p(on)"],
                                   rows=[[int(i), float(p[i])] for i in np.argsort(-p)[:3]]),
         ]

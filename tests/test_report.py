@@ -249,6 +249,8 @@ def test_damaged_sections_become_notes_and_the_rest_is_built(tmp_path: Path) -> 
     manifest = json.loads((run / "sections.json").read_text())
     manifest["sections"].append({"kind": "hologram", "name": "future", "title": "Future", "fields": {}})
     manifest["sections"][0]["arrays"] = "sections/manifold.npz"  # reconstructions: wrong arrays
+    manifest["sections"].append({"kind": "image", "name": "sneaky", "title": "Sneaky", "fields": {},
+                                 "files": {"image": "../config.json"}})
     (run / "sections.json").write_text(json.dumps(manifest))
     page = build_report(run).read_text(encoding="utf-8")
     assert page.count("<img") == 2  # the training curves and the manifold survive
@@ -256,6 +258,7 @@ def test_damaged_sections_become_notes_and_the_rest_is_built(tmp_path: Path) -> 
     assert "Could not read section &#x27;latents&#x27;" in page and "No such file" in page
     assert "missing original, reconstruction" in page
     assert "unknown section kind &#x27;hologram&#x27;" in page
+    assert "../config.json is outside sections/" in page
     assert ">Evaluation</h2>" in page and "−85.30 ± 0.04" in page
 
 

@@ -1,6 +1,5 @@
 """The trainer: exact resume, atomic checkpoints, non-finite losses, early stopping, schedules."""
 
-import copy
 import json
 import math
 import os
@@ -26,7 +25,6 @@ from vaelab.train import (
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.averaging import ParameterAverage
 from vaelab.train.batching import DynamicBinarize, batch_seed, grey_levels
-from vaelab.train.loop import FusedAdamStep
 from vaelab.train.schedules import learning_rate, linear_ramp
 
 SPEC = DataSpec((1, 4, 4), "binary")
@@ -290,36 +288,6 @@ def test_dynamic_binarization_is_the_comparison_of_one_bulk_uniform_draw():
     assert x.dtype == p.dtype and torch.equal(x, (u < p).to(p.dtype))
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "amsgrad"])
-def test_fused_adam_step_equals_torch_adam_bit_for_bit(kind):
-    """The trainer's lean step runs the same kernel as Adam(fused=True).step(): after 6 steps (one
-    of them with a parameter lacking a gradient, which takes torch's own path) the weights and every
-    state tensor are identical."""
-    g = torch.Generator().manual_seed(0)
-    shapes = [(7, 5), (5,), (3, 7)]
-    a = [torch.randn(s, generator=g, requires_grad=True) for s in shapes]
-    b = [p.detach().clone().requires_grad_() for p in a]
-    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    kw = dict(lr=0.01, weight_decay=0.1 if kind != "adam" else 0.0, amsgrad=kind == "amsgrad", fused=True)
-    ref, opt = cls(a, **kw), cls(b, **kw)
-    fast = FusedAdamStep(opt)
-    for step in range(6):
-        for pa, pb in zip(a, b):
-            grad = torch.randn(pa.shape, generator=g)
-            pa.grad, pb.grad = grad.clone(), grad.clone()
-        if step == 3:
-            a[1].grad = b[1].grad = None
-        ref.step()
-        fast()
-        for lr_group in (ref.param_groups[0], opt.param_groups[0]):
-            lr_group["lr"] *= 0.9
-    assert all(torch.equal(pa, pb) for pa, pb in zip(a, b))
-    for pa, pb in zip(a, b):
-        for key, value in ref.state[pa].items():
-            assert torch.equal(value, opt.state[pb][key]), key
-    assert fast._groups is not None  # the lean path was taken after the fallbacks
-
-
 def test_scalar_vector_holds_the_batch_mean_of_every_term():
     """One stack for (B,)-shaped terms, one mean per term otherwise: the same numbers either way."""
     from vaelab.models.base import LossOutput
@@ -391,38 +359,3 @@ def test_weight_averaging_of_a_run_shorter_than_its_update_interval(tmp_path):
     assert t.average.updates == 2  # after the first step and after the last one
     for name, p in t.model.named_parameters():  # after fit the model holds the average
         assert not torch.equal(p.detach(), init[name]), name
-
-
-def test_fused_adam_step_on_a_column_major_parameter_equals_torch_adam_without_copies():
-    """A parameter stored column-major (InputLinear's weight) is updated through a contiguous
-    permuted view: the same numbers as torch's Adam on a contiguous copy, also after the optimizer
-    state was loaded from a (contiguous) state dict, and its states take the parameter's layout."""
-    g = torch.Generator().manual_seed(0)
-    w0 = torch.randn(6, 4, generator=g)
-    a = [w0.clone().requires_grad_(), torch.randn(4, generator=g, requires_grad=True)]
-    b = [w0.t().contiguous().t().requires_grad_(), a[1].detach().clone().requires_grad_()]
-    assert not b[0].is_contiguous()
-    ref, opt = torch.optim.Adam(a, lr=0.01, fused=True), torch.optim.Adam(b, lr=0.01, fused=True)
-    fast = FusedAdamStep(opt)
-
-    def steps(n):
-        for _ in range(n):
-            grads = [torch.randn(p.shape, generator=g) for p in a]
-            for pa, pb, gr in zip(a, b, grads):
-                pa.grad = gr.clone()
-                pb.grad = gr.t().contiguous().t() if pb.dim() == 2 else gr.clone()
-            ref.step()
-            fast()
-
-    steps(4)
-    opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # states arrive contiguous
-    fast.reset()
-    with torch.no_grad():
-        b[0].copy_(a[0])
-    steps(4)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not b[0].is_contiguous()
-    for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(ref.state[a[0]][key], opt.state[b[0]][key])
-        assert opt.state[b[0]][key].stride() == b[0].stride()
-    assert fast._groups is not None

@@ -166,18 +166,6 @@ class LikelihoodHead(ABC):
         Heads with a fused form override it (it is the training hot path)."""
         return self(params, event_shape).log_prob(x)
 
-    def log_prob_and_grad(
-        self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]
-    ) -> tuple[Tensor, Tensor]:
-        """``log_prob`` (...) and its gradient with respect to ``params`` (params' shape), as plain
-        tensors: what the fused training step of an MLP VAE needs (``vaelab.models.vae_fused``).
-        This default differentiates ``log_prob`` with autograd; heads with a closed form override it."""
-        with torch.enable_grad():
-            p = params.detach().requires_grad_()
-            value = self.log_prob(p, x, event_shape)
-            (grad,) = torch.autograd.grad(value.sum(), p)
-        return value.detach(), grad
-
     @abstractmethod
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         """E[x|z], shape (..., *event_shape): for pictures of reconstructions and samples."""
@@ -197,15 +185,6 @@ class BernoulliHead(LikelihoodHead):
 
     def log_prob(self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]) -> Tensor:
         return bernoulli_log_prob(params.squeeze(-len(event_shape) - 1), x, len(event_shape))
-
-    def log_prob_and_grad(
-        self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]
-    ) -> tuple[Tensor, Tensor]:
-        # d/dl [x l - softplus(l)] = x - sigmoid(l)
-        value = self.log_prob(params, x, event_shape)
-        grad = torch.sigmoid(params)
-        return value, torch.sub(x.reshape(x.shape[: x.dim() - len(event_shape)] + (1,) + event_shape), grad,
-                                out=grad)
 
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         return torch.sigmoid(params.select(params.dim() - event_ndim - 1, 0))
@@ -243,23 +222,6 @@ class GaussianHead(LikelihoodHead):
             Normal(mu, torch.exp(0.5 * logvar), validate_args=False), len(event_shape), validate_args=False
         )
 
-    def log_prob_and_grad(
-        self, params: Tensor, x: Tensor, event_shape: tuple[int, ...]
-    ) -> tuple[Tensor, Tensor]:
-        # log N(x; m, e^v) = -1/2 (v + log 2 pi + (x - m)^2 e^-v), v = v0 + softplus(raw - v0):
-        # d/dm = (x - m) e^-v, d/draw = 1/2 ((x - m)^2 e^-v - 1) sigmoid(raw - v0)
-        n = len(event_shape)
-        axis = params.dim() - n - 1
-        mu, raw = params.unbind(axis)
-        t = raw - self.min_logvar
-        logvar = F.softplus(t).add_(self.min_logvar)
-        r = x - mu
-        r_inv = r * torch.exp(-logvar)  # (x - m) e^-v
-        sq = r_inv * r  # (x - m)^2 e^-v
-        dims = tuple(range(-n, 0))
-        value = -0.5 * (logvar.sum(dims) + sq.sum(dims) + math.prod(event_shape) * _LOG_2PI)
-        grad = torch.stack([r_inv, sq.sub_(1).mul_(torch.sigmoid(t)).mul_(0.5)], axis)
-        return value, grad
 
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         return params.select(params.dim() - event_ndim - 1, 0)

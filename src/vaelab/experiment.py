@@ -36,7 +36,7 @@ from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
 from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
-from vaelab.sections import ImagesSection, MetricsSection, write_sections
+from vaelab.sections import MetricsSection, Section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
@@ -399,17 +399,16 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> np.ndarray:
-    """n samples of a run's model, written as its report's samples section; returns them (NumPy)."""
+def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Section:
+    """n samples of a run's model, written as its report's samples section, which is returned."""
     model, cfg, _ = load_run_model(run_dir, device)
     if not isinstance(model, Sampling):
         raise VaelabError(f"model {cfg.model.name!r} cannot draw samples (it is not a Sampling model)")
     torch.manual_seed(seed)
     with torch.no_grad():
-        images = model.sample(n).cpu().numpy()
-    caption = f"{n} samples from the model."
-    write_sections(run_dir, [ImagesSection(name="samples", title="Samples", caption=caption, images=images)])
-    return images
+        section = model.samples_section(n)
+    write_sections(run_dir, [section])
+    return section
 
 
 @torch.no_grad()

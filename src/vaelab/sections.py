@@ -356,6 +356,15 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
 
 
+def _inside(run: Path, rel: str) -> Path:
+    """``run / rel``, refusing a path that leaves the run's sections/ folder (a hand-edited or
+    foreign manifest must not pull other files into the page)."""
+    path = (run / str(rel)).resolve()
+    if not path.is_relative_to((run / _DIR).resolve()):
+        raise ValueError(f"{rel} is outside {_DIR}/")
+    return path
+
+
 def _section_from_entry(run: Path, e: dict[str, Any]) -> Section:
     cls = SECTION_KINDS.get(e.get("kind"))  # type: ignore[arg-type]
     if cls is None:
@@ -364,10 +373,12 @@ def _section_from_entry(run: Path, e: dict[str, Any]) -> Section:
         )
     values: dict[str, Any] = dict(e.get("fields") or {})
     if "arrays" in e:
-        values.update(_load_arrays(run / e["arrays"]))
+        values.update(_load_arrays(_inside(run, e["arrays"])))
     for key, rel in (e.get("files") or {}).items():
         values[key] = (
-            [(run / r).read_bytes() for r in rel] if isinstance(rel, list) else (run / rel).read_bytes()
+            [_inside(run, r).read_bytes() for r in rel]
+            if isinstance(rel, list)
+            else _inside(run, rel).read_bytes()
         )
     names = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)

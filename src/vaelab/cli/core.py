@@ -137,9 +137,9 @@ def train_cmd(args: argparse.Namespace) -> int:
         f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
         f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}"
     )
-    if trainer.stop_reason and "interrupted" in trainer.stop_reason:
+    if trainer.stop_signal is not None:
         print(f"resume with: vaelab train --resume --out {run_dir}")
-        return 130
+        return 128 + trainer.stop_signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     if not args.no_eval:
         result = evaluate_run(run_dir, device, progress=args.progress)
         print(format_eval(result))
@@ -201,19 +201,24 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("sample", "draw samples from a trained run (the report's samples section, and a PNG)", _sample_args)
+@command("sample", "draw samples from a trained run (the report's samples section; images also as PNG)",
+         _sample_args)
 def sample_cmd(args: argparse.Namespace) -> int:
     from vaelab.experiment import resolve_device, sample_run
     from vaelab.report.html import figure_png
     from vaelab.report.plots import image_grid
+    from vaelab.sections import ImagesSection
 
     if args.n < 1:
         raise VaelabError(f"-n must be >= 1, got {args.n}")
-    images = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
-    png = Path(args.png) if args.png else Path(args.run) / "figures" / "samples.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.write_bytes(figure_png(image_grid(images, title=f"{args.n} samples")))
-    print(f"{args.n} samples: {png} (arrays in {Path(args.run) / 'sections'})")
+    section = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
+    where = f"section {section.name!r} of {Path(args.run) / 'sections.json'}"
+    if isinstance(section, ImagesSection):
+        png = Path(args.png) if args.png else Path(args.run) / "figures" / "samples.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(figure_png(image_grid(section.images, title=f"{args.n} samples")))
+        where = f"{png} and {where}"
+    print(f"{args.n} samples: {where}")
     return 0
 
 

@@ -7,7 +7,7 @@ the report sections it writes) and, as mixins, the capabilities it has:
 * :class:`LatentVariableModel`: ``encode(x)`` -> q(z|x), ``decode(z)`` -> p(x|z), ``prior()`` -> p(z),
   ``log_importance_weights(x, k)`` (importance-sampled log p(x)), ``posterior_mean(x)`` (latents).
 * :class:`Reconstructing`: ``reconstruct(x)``, an example of the data's own form.
-* :class:`Sampling`: ``sample(n)``, n examples of the data's own form.
+* :class:`Sampling`: ``sample(n)``, n examples of the data's own form; ``samples_section(n)``.
 * :class:`DiscreteCodeModel`: ``encode_codes(x)`` -> integer codes, ``decode_codes(codes)``,
   ``codebook_size`` (VQ-VAE).
 * :class:`AutoregressivePrior`: ``log_prob(codes, condition=None)``, ``sample(n, condition=None)``
@@ -203,11 +203,16 @@ class Reconstructing(ABC):
 
 
 class Sampling(ABC):
-    """A model that draws new examples."""
+    """A model that draws new examples, and shows them (``vaelab sample`` writes that section)."""
 
     @abstractmethod
     def sample(self, n: int) -> Any:
         """n examples in the data's own form (images: (n, *spec.shape))."""
+
+    @abstractmethod
+    def samples_section(self, n: int) -> Section:
+        """n samples as a report section named ``samples`` (images as an ImagesSection, text as a
+        TextSection, audio as an AudioSection)."""
 
 
 class DiscreteCodeModel(ABC):

@@ -25,7 +25,6 @@ from torch.distributions import Distribution
 from vaelab import estimators
 from vaelab.distributions import diag_gaussian, likelihood_head, standard_normal
 from vaelab.errors import VaelabError
-from vaelab.models import vae_fused
 from vaelab.models.base import (
     LatentVariableModel,
     LossOutput,
@@ -90,7 +89,7 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
         super().__init__(config, spec)
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
-        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation, data_input=True)
+        self.encoder = MLP([d, *config.hidden, 2 * config.latent_dim], config.activation)
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
@@ -164,15 +163,6 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
         self._beta = beta
 
     def loss(self, batch: Tensor) -> LossOutput:
-        cfg = self.config
-        plan = (vae_fused.plan(self.encoder, self.decoder)
-                if self.training and torch.is_grad_enabled() and cfg.objective == "elbo" and cfg.analytic_kl
-                else None)
-        if plan is not None:
-            # the same ELBO and gradients, computed as one autograd node (see vaelab.models.vae_fused)
-            loss, reconstruction, kl = vae_fused.fused_elbo(batch.flatten(1), plan, self.head, cfg.n_samples,
-                                                            self._beta)
-            return LossOutput(loss=loss, elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
         if self.training and self._annealing:
             terms = self.bound(batch, kl_weight=self._kl_weight)
             elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective
@@ -198,6 +188,11 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
         """E[x | z = E_q[z|x]]: (B, *shape)."""
         return self.decode_mean(self.encode(x).mean)
 
+    @torch.no_grad()
+    def samples_section(self, n: int) -> ImagesSection:
+        return ImagesSection(name="samples", title="Samples", caption=f"{n} samples from the model.",
+                             images=self.sample(n).cpu().numpy())
+
     # ------------------------------------------------------------------ what the run code asks of a model
     def check_data(self, examples: Tensor) -> None:
         self.head.check_data(examples)
@@ -213,8 +208,7 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
             out.append(ReconstructionsSection(
                 name="reconstructions", title="Reconstructions", caption=pairs,
                 original=x[:16].cpu().numpy(), reconstruction=self.reconstruct(x[:16]).cpu().numpy()))
-        out.append(ImagesSection(name="samples", title="Samples", caption=f"{inputs.n_samples} samples from "
-                                 "the model.", images=self.sample(inputs.n_samples).cpu().numpy()))
+        out.append(self.samples_section(inputs.n_samples))
         if self.config.latent_dim == 2:
             n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
             p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=self.device)

@@ -76,7 +76,8 @@ class ParameterAverage:
             raise RuntimeError("ParameterAverage.update while the parameters hold the average")
         w = self.weight()
         self.updates += 1
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], w)
+        for a, p in zip(self.average, self.params):  # a <- a + w (p - a)
+            a.lerp_(p.detach(), w)
 
     def unswap(self) -> None:
         """Make sure the parameters hold the training weights (after ``swap``, or already)."""

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaelab import _sparse
-
 __all__ = ["TensorBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed", "grey_levels"]
 
 Transform = Callable[[Tensor, int], Tensor]
@@ -62,9 +60,8 @@ class DynamicBinarize:
 
     Data of exact 8-bit levels k/255 are held as uint8 (``prepare``) and binarised exactly: with u
     uniform on {0, ..., 254}, P(u < k) = k/255. On the CPU u comes from raw PCG64 bytes (NumPy; a
-    byte of 255 is replaced by a spare one), about ten times cheaper than float uniforms, and a
-    compiled pass also attaches the batch's non-zeros for the first layer that reads it (see
-    ``vaelab._sparse``); on CUDA u comes from ``torch.randint``.
+    byte of 255 is replaced by a spare one), about ten times cheaper than float uniforms; on CUDA u
+    comes from ``torch.randint``.
     Other data in [0, 1] are compared with float uniforms: x = (u < p), u ~ U(0, 1), one bulk draw.
     Every draw is seeded by the batch's seed alone, so a batch is a pure function of it.
     """
@@ -112,15 +109,6 @@ def _binarize_levels(levels: Tensor, seed: int) -> Tensor:
     n = levels.numel()
     n_words = -(-n // 8)
     raw = bits.random_raw(n_words + _spare_words(n)).view(np.uint8)
-    if out.dtype in (torch.float32, torch.float64):
-        # compiled: the comparison, and the row index of the ones that the first layer of a VAE would
-        # otherwise find again (see vaelab._sparse), in one pass
-        lv = levels.reshape(levels.shape[0], -1).numpy()
-        done, index = _sparse.binarize_levels(lv, raw, n_words, out.view(lv.shape).numpy())
-        if done:
-            if index is not None:
-                _sparse.attach(out, index)
-            return out
     u = raw[:n].copy()
     redo = np.flatnonzero(u == 255)
     spare = raw[n_words * 8 :]

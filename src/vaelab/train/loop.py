@@ -4,25 +4,23 @@ It sees a model whose ``forward(batch)`` returns a ``LossOutput`` (``loss`` plus
 terms) and whose ``train_step`` it sets before every step, an iterable of batches, and a
 ``TrainConfig``. Schedules are pure functions of the step;
 logging, checkpointing and early stopping are callbacks. A non-finite loss stops the run with a
-clear message and writes no checkpoint, so the last good one stays. Ctrl-C finishes the current
-step, writes a checkpoint and stops; a second Ctrl-C stops at once.
+clear message and writes no checkpoint, so the last good one stays. Ctrl-C or SIGTERM finishes the
+current step, writes a resumable checkpoint and stops; a second signal stops at once.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import platform
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
@@ -33,7 +31,7 @@ from vaelab.train.batching import TensorBatches
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
 
-__all__ = ["Trainer", "build_optimizer", "FusedAdamStep", "NonFiniteLoss"]
+__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(VaelabError):
@@ -54,177 +52,42 @@ def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.opt
     raise VaelabError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-class _AdamGroup(NamedTuple):
-    """One parameter group as the fused kernel takes it: ``views`` are the parameters as contiguous
-    tensors (``permuted`` lists (index, dim order) of those passed as permuted views), the states
-    are in the same layout."""
-
-    options: dict
-    params: list[Tensor]
-    views: list[Tensor]
-    permuted: list[tuple[int, tuple[int, ...]]]
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    max_exp_avg_sqs: list[Tensor]
-    steps: list[Tensor]
-
-
-class FusedAdamStep:
-    """``optimizer.step()`` for a fused Adam or AdamW, without torch.optim's per-step Python.
-
-    It calls the very kernel ``torch.optim.Adam(fused=True).step()`` calls (``torch._fused_adam_`` /
-    ``_fused_adamw_``, the same arguments, the same results bit for bit), on lists of parameters and
-    states gathered once instead of on every step. Whenever that shortcut does not apply (the first
-    step, which creates the state; a parameter without a gradient; optimizer hooks, a gradient
-    scaler, amsgrad on another device, ...) it calls ``optimizer.step()`` itself.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizer = optimizer
-        self._groups: list[_AdamGroup] | None = None
-        kernels = (getattr(torch, "_fused_adam_", None), getattr(torch, "_fused_adamw_", None))
-        self._enabled = isinstance(optimizer, torch.optim.Adam) and None not in kernels
-        self._kernels = kernels
-
-    def _gather(self) -> list[_AdamGroup] | None:
-        opt = self.optimizer
-        hooked = any(getattr(opt, f"_optimizer_step_{when}_hooks", None) for when in ("pre", "post"))
-        scaled = getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None
-        if hooked or scaled:
-            return None
-        from torch.optim import optimizer as optim_module
-
-        if getattr(optim_module, "_global_optimizer_pre_hooks", None) or getattr(
-            optim_module, "_global_optimizer_post_hooks", None
-        ):
-            return None
-        groups = []
-        for g in opt.param_groups:
-            if not g.get("fused") or g.get("capturable") or g.get("differentiable"):
-                return None
-            params = [p for p in g["params"] if p.requires_grad]
-            states = [opt.state.get(p) for p in params]
-            if not params or any(not st or "step" not in st for st in states):
-                return None
-            if len({(p.device, p.dtype) for p in params}) != 1 or any(p.is_complex() for p in params):
-                return None
-            # The kernel reads every tensor as one flat array, so it copies a parameter that is
-            # not contiguous (and copies back). A parameter stored in another dense order (such as
-            # InputLinear's column-major weight) is passed as a contiguous permuted view instead:
-            # Adam is elementwise, so this is the same update. Its states are given its layout.
-            orders = [_dense_order(p) for p in params]
-            if any(o is None for o in orders):
-                return None
-            keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if g["amsgrad"] else [])
-            for p, st, order in zip(params, states, orders):
-                for k in keys:
-                    if order and st[k].stride() != p.stride():
-                        st[k] = torch.empty_like(p).copy_(st[k])
-            views = [[_permuted(st[k], o) for st, o in zip(states, orders)] for k in keys]
-            permuted = [(i, o) for i, o in enumerate(orders) if o]
-            groups.append(_AdamGroup(g, params, [_permuted(p, o) for p, o in zip(params, orders)], permuted,
-                                     views[0], views[1], views[2] if g["amsgrad"] else [],
-                                     [st["step"] for st in states]))
-        return groups
-
-    def reset(self) -> None:
-        """Forget the gathered lists (after ``optimizer.load_state_dict``)."""
-        self._groups = None
-
-    @torch.no_grad()
-    def __call__(self) -> None:
-        if self._enabled and self._groups is None:
-            self._groups = self._gather()
-        groups = self._groups if self._enabled else None
-        if groups is None:
-            self.optimizer.step()
-            return
-        grads = []
-        for group in groups:
-            g_list = [p.grad for p in group.params]
-            if any(gr is None for gr in g_list):
-                self._groups = None
-                self.optimizer.step()
-                return
-            for i, order in group.permuted:  # a gradient in another layout than its parameter is copied
-                g_list[i] = g_list[i].permute(order).contiguous()
-            grads.append(g_list)
-        for group, g_list in zip(groups, grads):
-            g = group.options
-            beta1, beta2 = g["betas"]
-            kernel = self._kernels[1] if g.get("decoupled_weight_decay") else self._kernels[0]
-            torch._foreach_add_(group.steps, 1)
-            kernel(group.views, g_list, group.exp_avgs, group.exp_avg_sqs, group.max_exp_avg_sqs, group.steps,
-                   amsgrad=g["amsgrad"], lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
-                   eps=g["eps"], maximize=g["maximize"], grad_scale=None, found_inf=None)
-
-
-def _dense_order(t: Tensor) -> tuple[int, ...] | None:
-    """() when ``t`` is contiguous; else the permutation of its dims that makes it a contiguous
-    view, or None when there is none."""
-    if t.is_contiguous():
-        return ()
-    order = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
-    return order if t.permute(order).is_contiguous() else None
-
-
-def _permuted(t: Tensor, order: tuple[int, ...]) -> Tensor:
-    return t.permute(order) if order else t
-
-
 class _Interrupt:
-    """First SIGINT sets a flag checked between steps; the second raises KeyboardInterrupt."""
+    """SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler or ``docker stop`` sends) set a flag that
+    the loop checks between steps: the step finishes, a resumable checkpoint is written, and the run
+    stops. A second signal stops at once (KeyboardInterrupt); the checkpoint before it stays."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._restore()
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
         return False
-
-
-_MALLOC_TUNED = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step frees and reallocates the same few hundred-kilobyte buffers every step; with
-    glibc's default, dynamic thresholds the top of the heap is often returned to the kernel and
-    then faulted in again, page by page (tens of page faults per step here, more expensive when
-    other processes load the memory bus). This sets ``M_TRIM_THRESHOLD`` to 1 GiB and
-    ``M_MMAP_THRESHOLD`` to 32 MiB for the whole process, as a CPU training job wants; the resident
-    size then stays at its peak. Once per process, glibc only; ``VAELAB_KEEP_FREED_MEMORY=0`` turns
-    it off. Returns whether it was applied (now or before).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    if os.environ.get("VAELAB_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        _MALLOC_TUNED = bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(
-            libc.mallopt(m_mmap_threshold, 32 << 20)
-        )
-    except (OSError, AttributeError):
-        return False
-    return _MALLOC_TUNED
 
 
 def _distributed() -> tuple[int, int]:
@@ -268,7 +131,6 @@ class Trainer:
         self.rank, self.world = _distributed()
         self.callbacks = list(callbacks) if self.rank == 0 else []
         self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
-        self._optimizer_step = FusedAdamStep(self.optimizer)
         self.average = None
         if cfg.ema_decay:
             self.average = ParameterAverage(model.named_parameters(), cfg.ema_decay, cfg.ema_every)
@@ -279,6 +141,7 @@ class Trainer:
         self.evals_without_improvement = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.stop_reason: str | None = None
+        self.stop_signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run
         self.failure: str | None = None
         self.last_checkpoint: Path | None = None
         self._ddp = None
@@ -373,7 +236,6 @@ class Trainer:
                 for n, v in raw.items():
                     params[n].copy_(v)
         state = ckpt.unflatten_optimizer_state(c.trainer_state, c.meta["optimizer"])
-        self._optimizer_step.reset()
         try:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError) as exc:
@@ -425,11 +287,9 @@ class Trainer:
                                 "lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=10)")
 
     def fit(self, resume: str | Path | None = None) -> Trainer:
-        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C or a failure."""
+        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C/SIGTERM or a failure."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        if next(self.model.parameters()).device.type == "cpu":
-            keep_freed_memory()
         if self.average is not None:  # fit() after fit(): train the raw weights
             self.average.unswap()
         if resume is not None:
@@ -461,7 +321,7 @@ class Trainer:
                         out.loss.backward()
                         if self.cfg.grad_clip:
                             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-                        self._optimizer_step()
+                        self.optimizer.step()
                         self.step += 1
                         if self.average is not None:
                             self.average.update(self.step, last=self.step == self.total_steps)
@@ -483,7 +343,9 @@ class Trainer:
                         ):
                             self._validate()
                         if interrupt.requested:
-                            self.stop_reason = "interrupted (Ctrl-C)"
+                            self.stop_signal = interrupt.signum
+                            name = "Ctrl-C" if interrupt.signum == signal.SIGINT else "SIGTERM"
+                            self.stop_reason = f"interrupted ({name})"
                         if deadline is not None and time.perf_counter() > deadline:
                             self.stop_reason = f"time limit of {self.cfg.time_limit_min} min reached"
                         # after validation, so a checkpoint holds the RNG state the next step sees

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_plugins import write_distribution
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -97,7 +99,10 @@ def vaelab(args: list[str], env: dict, cwd: Path) -> str:
     return done.stdout
 
 
-def test_a_plugin_family_on_token_sequences_trains_evaluates_and_reports(tmp_path):
+@pytest.fixture
+def toy(tmp_path) -> tuple[dict, list[str]]:
+    """The toyseq package installed by hand into tmp_path/site, a text corpus in tmp_path/corpus and
+    the run config tmp_path/toy.toml; returns the environment of the subprocesses and the lines."""
     site = tmp_path / "site"
     write_distribution(site, "toyseq", {"vaelab.models": {"toyseq": "toyseq:ToySeq"}},
                        {"toyseq/__init__.py": TOYSEQ})
@@ -109,6 +114,11 @@ def test_a_plugin_family_on_token_sequences_trains_evaluates_and_reports(tmp_pat
     (corpus / "test.txt").write_text("\n".join(lines[48:]) + "\n")
     (tmp_path / "toy.toml").write_text(CONFIG.format(corpus=corpus))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(SRC)]), "VAELAB_DATA": str(tmp_path)}
+    return env, lines
+
+
+def test_a_plugin_family_on_token_sequences_trains_evaluates_and_reports(tmp_path, toy):
+    env, lines = toy
     run = tmp_path / "runs" / "toy"
 
     vaelab(["train", "toy.toml", "--out", str(run), "--no-eval", "--device", "cpu", "--quiet"], env, tmp_path)
@@ -134,3 +144,18 @@ def test_a_plugin_family_on_token_sequences_trains_evaluates_and_reports(tmp_pat
         path = SRC / "vaelab" / folder
         files = [path] if path.is_file() else sorted(path.rglob("*.py"))
         assert all("toyseq" not in f.read_text() for f in files)
+
+
+def test_the_plugin_family_trains_data_parallel(tmp_path, toy):
+    """Two processes (torchrun, gloo): each rank takes its own shard of the bucketed sequences."""
+    env, _ = toy
+    run = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547"]
+    args = ["train", "toy.toml", "--out", str(run), "--quiet", "--no-eval", "--device", "cpu"]
+    done = subprocess.run([*torchrun, "-m", "vaelab.cli", *args, "--set", "train.threads=1"],
+                          env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[:6000] + "\n...\n" + done.stderr[-1500:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # 43 training sentences (48 less a validation set of 5): 21 per rank, 3 batches of 8, 8 epochs
+    assert rows[-1]["step"] == 24 and rows[-1]["epoch"] == 8.0 and "finished" in done.stdout

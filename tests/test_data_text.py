@@ -18,7 +18,7 @@ def ids_of(seqs) -> list[list[int]]:
 
 
 def words_of(bundle: SequenceBundle, split: str) -> list[str]:
-    return [bundle.vocab.decode(s) for s in ids_of(bundle.split(split))]
+    return [bundle.vocab.decode(s) for s in ids_of(bundle.split(split)[0])]
 
 
 @pytest.fixture
@@ -114,7 +114,8 @@ def test_ptb_matches_its_published_counts(data_root):
     # shared/data/README.md section 4: sentences, words + <eos>, <unk> tokens per split
     expected = {"train": (42068, 929589, 45020), "valid": (3370, 73760, 3485), "test": (3761, 82430, 4794)}
     for split, (n, tokens, unk) in expected.items():
-        seqs = b.split(split)
+        seqs, labels = b.split(split)
+        assert labels is None
         assert (len(seqs), int(seqs.lengths.sum()), int((seqs.flat == 1).sum())) == (n, tokens, unk)
     assert len(b.vocab) == 10002  # 9,999 words + <eos> (the 10k of PTB) + <pad>, <bos>
     assert b.spec.shape == (83,)  # the longest sentence, 82 words, and <eos>

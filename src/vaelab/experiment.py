@@ -169,7 +169,11 @@ def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.devi
     test_seqs = bundle.test
     if test_seqs is not None and cfg.eval.max_examples and cfg.eval.max_examples < len(test_seqs):
         test_seqs = test_seqs.subset(torch.arange(cfg.eval.max_examples))
-    test = SequenceBatches(test_seqs, ebs, pad_id=pad, shuffle=False, device=device) if test_seqs else None
+    test = (
+        SequenceBatches(test_seqs, ebs, pad_id=pad, shuffle=False, device=device)
+        if test_seqs is not None and len(test_seqs)
+        else None
+    )
     return SplitBatches(train, valid, test)
 
 

@@ -66,7 +66,8 @@ class Bundle(ABC):
 
     @abstractmethod
     def split(self, which: str) -> tuple:
-        """The examples of ``"train"``, ``"valid"`` or ``"test"`` (None when that split is empty)."""
+        """``(examples, labels)`` of ``"train"``, ``"valid"`` or ``"test"``; either is None when
+        the split is empty or has no labels."""
 
     @abstractmethod
     def summary(self) -> str:

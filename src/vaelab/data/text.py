@@ -29,7 +29,7 @@ from vaelab.errors import VaelabError
 from vaelab.spec import DataSpec
 from vaelab.tokens import Sequences
 
-from .base import TEST_SPLIT_SEED, _carve, split_count
+from .base import TEST_SPLIT_SEED, Bundle, Splits, _carve, split_count
 from .registry import register_prefix
 
 __all__ = ["PAD", "UNK", "BOS", "EOS", "SPECIALS", "TextSplits", "SequenceBundle", "Vocabulary",
@@ -77,7 +77,7 @@ class Vocabulary:
 
 
 @dataclass
-class TextSplits:
+class TextSplits(Splits):
     """Sentences (lists of tokens) as read from the files, before :meth:`finish`.
 
     valid / test: None when the dataset has no such split; ``test_fraction`` > 0 then carves one.
@@ -119,7 +119,7 @@ def _split_off(sentences: list[list[str]], count: int, seed: int) -> tuple[list[
 
 
 @dataclass
-class SequenceBundle:
+class SequenceBundle(Bundle):
     """A text dataset held in memory as token ids.
 
     train / valid / test: :class:`~vaelab.tokens.Sequences` (valid / test None when empty), every
@@ -139,10 +139,11 @@ class SequenceBundle:
     def pad_id(self) -> int:
         return self.spec.extra["pad_id"]
 
-    def split(self, which: str) -> Sequences | None:
+    def split(self, which: str) -> tuple[Sequences | None, None]:
+        """``(sequences, labels)`` of ``"train"``, ``"valid"`` or ``"test"``; text has no labels."""
         if which not in _SPLITS:
             raise ValueError(f"split must be train, valid or test, got {which!r}")
-        return getattr(self, which)
+        return getattr(self, which), None
 
     def summary(self) -> str:
         sizes = ", ".join(f"{s} {0 if x is None else len(x)}" for s in _SPLITS for x in [getattr(self, s)])

@@ -99,6 +99,13 @@ def test_drop_last_and_no_shuffle():
     assert [ids(b) for b in fixed.epoch(0)] == [ids(b) for b in fixed.epoch(4)]
 
 
+def test_too_few_sequences_for_the_processes_is_one_line():
+    from vaelab.errors import VaelabError
+
+    with pytest.raises(VaelabError, match="3 sequences cannot be shared among 4 processes; use fewer"):
+        SequenceBatches(corpus(n=3), 2, pad_id=PAD, rank=0, world=4)
+
+
 def test_batch_to_device_keeps_fields():
     batch = Sequences.from_lists([[1, 2], [3]]).pad(torch.tensor([0, 1]), PAD)
     moved = batch.to("cpu")

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from vaelab.errors import VaelabError
 from vaelab.tokens import Sequences, TokenBatch
 from vaelab.train.batching import batch_seed
 
@@ -70,7 +71,10 @@ class SequenceBatches:
         self.rank, self.world = rank, world
         self.n_rows = len(sequences) // world
         if self.n_rows == 0:
-            raise ValueError(f"{len(sequences)} sequences cannot be shared among {world} processes")
+            raise VaelabError(
+                f"{len(sequences)} sequences cannot be shared among {world} processes; "
+                "use fewer processes or more data"
+            )
         n = self.n_rows // batch_size if drop_last else -(-self.n_rows // batch_size)
         self.n_batches = max(1, n)
         self._plan_key: tuple | None = None

@@ -59,18 +59,19 @@ class Sequences:
     def to(self, device: torch.device | str) -> Sequences:
         return Sequences(self.flat.to(device), self.offsets.to(device))
 
-    def pad(self, index: Tensor, pad_id: int, length: int | None = None) -> TokenBatch:
+    def pad(self, index: Tensor, pad_id: int) -> TokenBatch:
         """The sequences ``index`` (B,) padded into a :class:`TokenBatch` of width T = the longest
-        of them (or ``length``), on this storage's device. One gather, no Python loop."""
-        index = index.to(self.flat.device)
+        of them, on this storage's device: one gather, no Python loop."""
+        device = self.flat.device
+        index = index.to(device)
         starts = self.offsets[index]
         lengths = self.offsets[index + 1] - starts
-        width = int(lengths.max()) if length is None else length
-        steps = torch.arange(width, device=self.flat.device)
+        steps = torch.arange(int(lengths.max()) if len(index) else 0, device=device)
         mask = steps < lengths[:, None]  # (B, T)
-        positions = (starts[:, None] + steps).clamp_(max=max(self.flat.numel() - 1, 0))
-        tokens = self.flat[positions].masked_fill_(~mask, pad_id) if self.flat.numel() else (
-            torch.full(mask.shape, pad_id, dtype=torch.int64, device=self.flat.device))
+        # positions past a sequence's end read a neighbour (clamped at the last id), then are padded:
+        # no boolean indexing, so no device-to-host sync on a GPU beyond the width
+        positions = (starts[:, None] + steps).clamp_(max=self.flat.numel() - 1)
+        tokens = self.flat[positions].masked_fill_(~mask, pad_id)
         return TokenBatch(tokens, lengths, mask)
 
 

@@ -1,8 +1,10 @@
-"""Test ELBO of a run's averaged weights against its raw training weights (latest checkpoint).
+"""Validation ELBO of a run's averaged weights against its raw training weights (latest checkpoint).
 
 A run trained with ``train.ema_decay`` stores the average as the checkpoint's weights
 (``model.safetensors``) and the raw training weights in the trainer state (``raw.*`` in
-``trainer.safetensors``). This evaluates both on the test split with the same seed.
+``trainer.safetensors``). This evaluates both on the validation split with the same seed: it
+measures a recipe decision (whether to average), and those are made on validation data, never on
+the test split, which is kept for the final figure alone.
 
     python benchmarks/averaging_gain.py runs/vae_mnist_v3
 """
@@ -38,7 +40,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     prep = prepare(cfg, torch.device("cpu"))
-    split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)
+    split, batches = "valid", prep.valid
+    if batches is None:
+        print(f"error: {args.run} has no validation split (data.valid_size = 0); the averaging gain is "
+              "measured on validation data only, so train with data.valid_size > 0", file=sys.stderr)
+        return 2
     for name, state in [("averaged", c.model_state), ("raw", raw)]:
         model.load_state_dict(state, strict=False)
         torch.manual_seed(args.seed)

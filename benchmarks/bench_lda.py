@@ -73,7 +73,7 @@ def _peak_mib() -> float:
 
 
 def _load_split():
-    from vaelab.vi.corpus import load_ap
+    from vaelab.data.ap import load_ap
 
     return load_ap().train_test_split(HELDOUT, seed=SEED)
 
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--modes", default="batch,online")
     p.add_argument("--quick", action="store_true", help="3 batch / 2 online passes, 1 repeat (a smoke run)")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results_lda.md"), help="markdown output")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lda.md"), help="markdown output")
     args = p.parse_args(argv)
     if args.worker:
         lib, mode, passes, seed, out = args.worker

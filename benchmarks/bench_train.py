@@ -1,7 +1,8 @@
-"""Training throughput of vaelab against a plain PyTorch loop and Pyro SVI, and the speed of the
-K = 5000 importance-sampled log p(x) evaluation, as fractions of this machine's float32 matmul peak.
+"""Training throughput of vaelab against a plain PyTorch loop (with torch.optim.Adam's default and with
+``fused=True``) and Pyro SVI, where a step's time goes, and the speed of the K = 5000 importance-sampled
+log p(x) evaluation, as fractions of this machine's float32 matmul peak.
 
-The three contenders train the same network with the same work per step: a 784-400-20-400-784
+The four contenders train the same network with the same work per step: a 784-400-20-400-784
 ReLU MLP VAE, Bernoulli decoder (logits), batch 128, a fresh binarisation draw x ~ Bernoulli(grey
 level) for every batch, one z sample per image, Adam with lr 1e-3, float32, on the 60,000 MNIST
 training images. All three start from the same initial weights and train the same number of epochs;
@@ -12,17 +13,18 @@ same seed), so the speed-up is shown at the same quality.
   vaelab  ``vaelab.train.Trainer`` + ``VAE`` + ``TensorBatches(transform=dynamic_binarize)``.
   plain   the loop a PyTorch user writes: index slices of an in-memory tensor, ``torch.bernoulli``,
           BCE-with-logits summed, the analytic KL, ``torch.optim.Adam`` with its defaults.
+  plain_fused  the same loop with ``torch.optim.Adam(fused=True)``: the loop an expert writes.
   pyro    ``SVI`` with ``Trace_ELBO``: ``pyro.plate`` over the batch, Normal prior and guide
           ``.to_event(1)``, ``Bernoulli(logits).to_event(1)`` likelihood, ``pyro.optim.Adam`` lr 1e-3.
           Pyro's argument validation is switched off (``pyro.enable_validation(False)``): the faster
           Pyro, so the comparison is the harder one for vaelab.
 
 Timing: ``--runs`` runs; in every run each contender trains ``--epochs`` epochs from the same
-initial weights, and the three advance in turns of ``--slice`` steps (rotating who goes first), all
+initial weights, and the four advance in turns of ``--slice`` steps (rotating who goes first), all
 in one process, so a burst of load on a shared machine hits all three alike; images/s is the median
 over the runs. The speed-up is the median over all turns of vaelab's rate over the other's in the
 same turn (the ratio of the median rates, and each run's ratio, are printed beside it): on this
-machine other tenants' load comes and goes within seconds and slows the three unequally (memory-
+machine other tenants' load comes and goes within seconds and slows them unequally (memory-
 bound work, such as the optimizer step, slows most), so per-turn pairs are the fair comparison. With
 one thread the process's CPU time is reported beside the wall-clock time: on a shared machine it
 leaves out the time other processes held the core. Peak memory: each contender once more in a fresh
@@ -32,9 +34,9 @@ costs 2*i*o per example forward; training is counted as 3x forward (forward, inp
 gradient: the usual convention; the first layer's input gradient is not computed, so the GEMMs
 actually executed are 16% fewer). The IS evaluation is counted as the encoder once per image plus
 the decoder once per sample. The matmul peak is the best rate of square float32 GEMMs (512, 1024,
-2048) at the same thread count. vaelab's encoder reads the binary images without their zeros
-(``vaelab.nn.InputLinear``), so it executes fewer FLOPs than the dense count credits it with: its
-GFLOP/s and 'of peak' are dense-equivalent rates.
+2048) at the same thread count. Where a step goes: vaelab's trainer is timed over whole steps, then
+the same model, batches and optimizer are driven by hand with a clock around each phase (the batch,
+the loss, the backward pass, the optimizer step); the trainer's own bookkeeping is the difference.
 
 Run: ``make bench`` (2 threads, the issue's setting), or e.g.
 ``taskset -c 0 python benchmarks/bench_train.py --threads 1 --is-examples 500``.
@@ -69,7 +71,7 @@ from vaelab.train import TensorBatches, Trainer, dynamic_binarize
 D, H, Z = 784, 400, 20
 # encoder 784-400-(20 means, 20 log-variances), decoder 20-400-784
 LAYERS = [(D, H), (H, 2 * Z), (Z, H), (H, D)]
-CONTENDERS = ("vaelab", "plain", "pyro")
+CONTENDERS = ("vaelab", "plain", "plain_fused", "pyro")
 HERE = Path(__file__).resolve().parent
 
 
@@ -93,7 +95,7 @@ def vaelab_model(spec, state=None):
 # ----------------------------------------------------------------------------- contenders
 # Each contender is a generator: built from the initial weights, it runs one training step per
 # ``next()`` and, when exhausted (``epochs`` epochs done), returns its trained weights. The timing loop
-# advances the three in short interleaved slices, so a burst of load on a shared machine hits all alike.
+# advances the contenders in short interleaved slices, so a burst of load on a shared machine hits all alike.
 
 
 def train_vaelab(data, spec, state, epochs, seed, threads, slice_steps):
@@ -110,13 +112,13 @@ def train_vaelab(data, spec, state, epochs, seed, threads, slice_steps):
     return model.state_dict()
 
 
-def train_plain(data, spec, state, epochs, seed, threads, slice_steps):
+def train_plain(data, spec, state, epochs, seed, threads, slice_steps, fused=False):
     torch.manual_seed(seed)
     net = Net()
     net.load_state_dict(state)
     enc, dec = net.encoder, net.decoder
     x_all = data.flatten(1)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused)
     for _ in range(epochs):
         perm = torch.randperm(x_all.shape[0])
         for i in range(0, x_all.shape[0], 128):
@@ -173,7 +175,11 @@ def train_pyro(data, spec, state, epochs, seed, threads, slice_steps):
     return net.state_dict()
 
 
-TRAIN = {"vaelab": train_vaelab, "plain": train_plain, "pyro": train_pyro}
+def train_plain_fused(data, spec, state, epochs, seed, threads, slice_steps):
+    return (yield from train_plain(data, spec, state, epochs, seed, threads, slice_steps, fused=True))
+
+
+TRAIN = {"vaelab": train_vaelab, "plain": train_plain, "plain_fused": train_plain_fused, "pyro": train_pyro}
 
 
 def advance(run, steps: int) -> tuple[float, dict | None]:
@@ -196,6 +202,59 @@ def run_to_end(run) -> dict:
 
 
 # ----------------------------------------------------------------------------- measurements
+def step_breakdown(data, spec, state, seed, threads, steps) -> list[tuple[str, float]]:
+    """Where one of vaelab's training steps goes, in ms per step (medians over turns of 50 steps).
+
+    The trainer runs whole steps; then the same model, batches and optimizer are driven by hand with
+    a clock around each phase. 'trainer bookkeeping' is the trainer's step time less the phases
+    (learning-rate setting, term accumulation, logging and callbacks)."""
+    torch.manual_seed(seed)
+    model = vaelab_model(spec, state)
+    cfg = TrainConfig(epochs=1000, batch_size=128, lr=1e-3, seed=seed, threads=threads, log_every=100)
+    trainer = Trainer(model, cfg, TensorBatches(data, cfg.batch_size, seed=seed, transform=dynamic_binarize))
+    batches = TensorBatches(data, cfg.batch_size, seed=seed + 1, transform=dynamic_binarize)
+    opt = trainer.optimizer
+    params = [q for q in model.parameters() if q.requires_grad]
+    phases = {"batch (slice + dynamic binarisation)": [], "loss (forward)": [], "backward": [],
+              "optimizer step (Adam, fused)": []}
+    whole = []
+    it = iter(())
+    turns = max(4, steps // 50)
+    for turn in range(turns + 1):  # turn 0 warms up
+        trainer.total_steps = trainer.step + 50
+        t0 = time.perf_counter()
+        trainer.fit()
+        if turn:
+            whole.append((time.perf_counter() - t0) / 50)
+        model.train()
+        acc = dict.fromkeys(phases, 0.0)
+        for _ in range(50):
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                it = batches.epoch(turn)
+                batch = next(it)
+            t1 = time.perf_counter()
+            out = model(batch)
+            t2 = time.perf_counter()
+            for q in params:
+                q.grad = None
+            out.loss.backward()
+            t3 = time.perf_counter()
+            opt.step()
+            t4 = time.perf_counter()
+            for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                acc[name] += dt / 50
+        if turn:
+            for name in phases:
+                phases[name].append(acc[name])
+    rows = [(name, 1e3 * statistics.median(v)) for name, v in phases.items()]
+    total = 1e3 * statistics.median(whole)
+    rows.append(("trainer bookkeeping (the rest)", total - sum(ms for _, ms in rows)))
+    rows.append(("whole step (trainer)", total))
+    return rows
+
+
 def matmul_peak(threads: int) -> tuple[float, dict[int, float]]:
     """Best float32 GEMM rate (GFLOP/s) over square sizes, best of several repeats each."""
     torch.set_num_threads(threads)
@@ -300,7 +359,10 @@ def main(argv=None) -> int:
     p.add_argument("--slice", type=int, default=50, help="steps a contender runs before the next one's turn")
     p.add_argument("--skip", nargs="*", default=[], choices=CONTENDERS, help="contenders to leave out")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", default=str(HERE / "results_train.md"), help="markdown file ('' for none)")
+    p.add_argument("--out", default=None,
+                   help="markdown file ('' for none; default benchmarks/results/train_<threads>threads.md)")
+    p.add_argument("--breakdown-steps", type=int, default=400,
+                   help="steps timed for where a step goes (0: skip)")
     p.add_argument("--memory-probe", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--probe-epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -363,10 +425,16 @@ def main(argv=None) -> int:
             rate[c].append(args.epochs * n_train / wall[c])
             cpu_rate[c].append(args.epochs * n_train / cpu[c])
             elbo[c].append(test_elbo(spec, states[c], test_x, args.seed))
-            print(f"run {r + 1}/{args.runs} {c:7s} {rate[c][-1]:7.0f} images/s"
+            print(f"run {r + 1}/{args.runs} {c:11s} {rate[c][-1]:7.0f} images/s"
                   + (f" ({cpu_rate[c][-1]:.0f} by CPU time)" if cpu_too else "")
                   + f"  test ELBO {elbo[c][-1]:8.2f}  ({wall[c]:.1f} s)", flush=True)
         trained = states["vaelab"]
+        torch.set_num_threads(args.threads)
+
+    breakdown = []
+    if args.breakdown_steps:
+        print("where a step goes ...", flush=True)
+        breakdown = step_breakdown(train_x, spec, init, args.seed, args.threads, args.breakdown_steps)
         torch.set_num_threads(args.threads)
 
     memory = {}
@@ -433,12 +501,14 @@ def main(argv=None) -> int:
                         f"+- {res.stderr:.2f} nats (on these {n_is} images)")
 
     table = _markdown(header, rows)
+    total_ms = breakdown[-1][1] if breakdown else 0.0
+    step_table = _markdown(["phase of a vaelab training step", "ms per step", "share"],
+                           [[name, f"{ms:.3f}", "" if name.startswith("whole") else f"{ms / total_ms:.0%}"]
+                            for name, ms in breakdown]) if breakdown else ""
     notes = [
         f"float32 matmul peak: {peak:.1f} GFLOP/s ({args.threads} thread(s); best of {sizes})",
         f"training FLOPs per image: {flops_img / 1e6:.2f} MFLOP (3x forward); 'of peak' uses "
-        + ("CPU-time images/s" if cpu_too else "images/s")
-        + "; vaelab's first layer skips the inputs' zeros (87% of binarized MNIST), so its rate is "
-        "the dense-equivalent one: it does fewer FLOPs than it is credited with",
+        + ("CPU-time images/s" if cpu_too else "images/s"),
         *is_lines,
     ]
     notes.append("load average (1 min) at the start / end of the run: " + " / ".join(
@@ -448,8 +518,14 @@ def main(argv=None) -> int:
     print()
     print(table)
     print()
+    if step_table:
+        print(step_table)
+        print()
     print("\n".join("- " + n for n in notes))
+    if args.out is None:
+        args.out = str(HERE / "results" / f"train_{args.threads}threads.md")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         cmd = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
         pin = _affinity()
         text = "\n".join([
@@ -459,6 +535,8 @@ def main(argv=None) -> int:
             "",
             f"Machine: {machine()}, {os.cpu_count()} logical CPUs; threads used: {args.threads}; "
             f"torch {torch.__version__}{_pyro_version()}",
+            "",
+            f"Date: {time.strftime('%Y-%m-%d')}",
             "",
             "Work: MNIST, 784-400-20-400-784 ReLU VAE, Bernoulli decoder, batch 128, dynamic binarisation, "
             f"one z sample, Adam lr 1e-3, float32; {args.epochs} epoch(s) per run from the same initial "
@@ -470,6 +548,7 @@ def main(argv=None) -> int:
             "",
             table,
             "",
+            *([step_table, ""] if step_table else []),
             *("- " + n for n in notes),
             "",
         ])

@@ -1,7 +1,8 @@
 """The loaders on the real files in $VAELAB_DATA (shared/data): checksums, shapes, counts, values.
 
-Numbers come from shared/data/README.md. When VAELAB_DATA is set (CI), a missing file fails the
-test with the loader's message; only an unset VAELAB_DATA skips.
+Numbers come from shared/data/README.md. Each test names the datasets it reads
+(``@pytest.mark.datasets``): when VAELAB_DATA is set (CI), a missing file fails the test; without it,
+the test is skipped with the command that fetches the files (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def mnist(data_root: Path):
     return load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0), root=data_root)
 
 
-@pytest.mark.parametrize("name", [n for n, d in DATASETS.items() if d.files])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.datasets(n)) for n, d in DATASETS.items() if d.files]
+)
 def test_every_registered_file_is_present_and_verified(data_root: Path, name: str) -> None:
     ds = get_dataset(name)
     for f in ds.files:
@@ -33,6 +36,7 @@ def test_every_registered_file_is_present_and_verified(data_root: Path, name: st
         assert status.state == "present" and status.verified, f"{f.name}: {status.state} {status.detail}"
 
 
+@pytest.mark.datasets("mnist")
 def test_mnist_shapes_values_and_label_counts(mnist) -> None:
     assert mnist.train.shape == (60000, 1, 28, 28) and mnist.test.shape == (10000, 1, 28, 28)
     assert mnist.train.dtype == torch.float32 and mnist.valid is None
@@ -50,6 +54,7 @@ def test_mnist_shapes_values_and_label_counts(mnist) -> None:
     assert mnist.class_names == [str(d) for d in range(10)]
 
 
+@pytest.mark.datasets("mnist")
 def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(data_root: Path, mnist) -> None:
     b = load_dataset(DataConfig(name="mnist", binarize="none", valid_size=0.1, split_seed=7), root=data_root)
     assert len(b.train) == 54000 and len(b.valid) == 6000 and torch.equal(b.test, mnist.test)
@@ -64,6 +69,7 @@ def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(data_r
     assert torch.equal(b.train, mnist.train[kept])
 
 
+@pytest.mark.datasets("mnist")
 def test_mnist_dynamic_is_grey_levels_marked_binary(data_root: Path, mnist) -> None:
     b = load_dataset(DataConfig(name="mnist", binarize="dynamic", valid_size=0, limit=500), root=data_root)
     assert b.spec.values == "binary" and len(b.train) == 500
@@ -71,6 +77,7 @@ def test_mnist_dynamic_is_grey_levels_marked_binary(data_root: Path, mnist) -> N
     assert torch.equal(b.train_labels, mnist.train_labels[:500])
 
 
+@pytest.mark.datasets("binarized_mnist")
 def test_binarized_mnist(data_root: Path) -> None:
     b = load_dataset(DataConfig(name="binarized_mnist", binarize="none"), root=data_root)
     assert b.train.shape == (50000, 1, 28, 28) and b.valid.shape == (10000, 1, 28, 28)
@@ -81,6 +88,7 @@ def test_binarized_mnist(data_root: Path) -> None:
         assert abs(float(x.mean()) - mean) < 5e-5
 
 
+@pytest.mark.datasets("frey")
 def test_frey(data_root: Path) -> None:
     b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0.1), root=data_root)
     assert b.spec.shape == (1, 28, 20) and b.spec.values == "continuous"
@@ -97,6 +105,7 @@ def test_frey(data_root: Path) -> None:
     assert TEST_SPLIT_SEED == 0
 
 
+@pytest.mark.datasets("frey")
 def test_frey_frames_are_columns_of_ff(data_root: Path) -> None:
     from scipy.io import loadmat
 
@@ -118,6 +127,7 @@ def test_digits_needs_no_files(tmp_path: Path) -> None:
     assert labels.bincount().sum() == 1797 and labels.max() == 9
 
 
+@pytest.mark.datasets("cifar10")
 def test_cifar10_labels_and_class_names(data_root: Path) -> None:
     # The full decode takes ~10 s; the checksum test covers the bytes, this covers the layout.
     data = read_file(get_dataset("cifar10"), "cifar10.npz", data_root)

@@ -97,6 +97,7 @@ def test_download_refused_connection_is_offline(tmp_path: Path) -> None:
         download_dataset(ds, tmp_path, timeout=5, log=lambda s: None)
 
 
+@pytest.mark.datasets("frey")
 def test_download_success_is_verified_and_idempotent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
@@ -117,6 +118,7 @@ def test_download_success_is_verified_and_idempotent(
     assert messages[-1] == "frey: frey_rawface.mat already present and verified" and len(urls) == 1
 
 
+@pytest.mark.datasets("ap")
 def test_ap_corpus_downloads_verified_and_loads_for_lda(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ) -> None:
@@ -135,6 +137,7 @@ def test_ap_corpus_downloads_verified_and_loads_for_lda(
         load_dataset(DataConfig(name="ap"), root=tmp_path)
 
 
+@pytest.mark.datasets("mnist")
 def test_bad_mirror_falls_through_to_the_next(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
@@ -156,6 +159,7 @@ def test_bad_mirror_falls_through_to_the_next(
     assert (tmp_path / "mnist" / name).read_bytes() == real
 
 
+@pytest.mark.datasets("frey")
 def test_interrupted_download_leaves_the_old_file_alone(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
@@ -170,6 +174,7 @@ def test_interrupted_download_leaves_the_old_file_alone(
     assert old.read_bytes() == b"an old corrupt copy" and leftovers(tmp_path / "freyface") == []
 
 
+@pytest.mark.datasets("binarized_mnist")
 def test_binarized_mnist_download_gzips_the_original_amat(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ) -> None:
@@ -236,6 +241,7 @@ def test_cifar10_download_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert leftovers(tmp_path / "root" / "cifar10") == []
 
 
+@pytest.mark.datasets("frey")
 def test_download_from_files_fetched_by_hand(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: Path
 ):
@@ -260,6 +266,7 @@ def test_download_of_a_dataset_without_files(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.datasets("mnist", "binarized_mnist", "frey", "cifar10", "ap")
 def test_cli_data_list_on_the_real_root(capsys: pytest.CaptureFixture, data_root: Path) -> None:
     assert main(["data", "list", "--root", str(data_root)]) == 0
     out = capsys.readouterr().out
@@ -281,6 +288,7 @@ def test_cli_data_list_shows_missing_and_corrupt(capsys: pytest.CaptureFixture, 
     assert "vaelab data download NAME" in out
 
 
+@pytest.mark.datasets("frey")
 def test_cli_data_download(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, data_root: Path
 ):

@@ -42,6 +42,7 @@ def mnist_root_with(tmp_path: Path, data_root: Path, bad: str, content: bytes | 
 # ----------------------------------------------------------------------------- missing / corrupt
 
 
+@pytest.mark.datasets("mnist")
 def test_missing_file_names_file_path_and_fix(tmp_path: Path, data_root: Path) -> None:
     data = mnist_root_with(tmp_path, data_root, "t10k-labels-idx1-ubyte.gz", None)
     with pytest.raises(VaelabError) as exc:
@@ -72,6 +73,7 @@ def test_data_root_is_vaelab_data_else_user_cache(monkeypatch: pytest.MonkeyPatc
     assert data_root() == Path.home() / ".cache" / "vaelab" / "data"
 
 
+@pytest.mark.datasets("mnist")
 def test_truncated_copy_is_corrupt(tmp_path: Path, data_root: Path) -> None:
     name = "train-labels-idx1-ubyte.gz"
     real = (data_root / "mnist" / name).read_bytes()
@@ -84,6 +86,7 @@ def test_truncated_copy_is_corrupt(tmp_path: Path, data_root: Path) -> None:
     assert "delete it and run `vaelab data download mnist`" in msg
 
 
+@pytest.mark.datasets("mnist")
 def test_random_bytes_of_the_right_size_fail_the_checksum(tmp_path: Path, data_root: Path) -> None:
     name = "t10k-labels-idx1-ubyte.gz"
     size = (data_root / "mnist" / name).stat().st_size
@@ -99,6 +102,7 @@ def test_random_bytes_of_the_right_size_fail_the_checksum(tmp_path: Path, data_r
     assert "not a complete gzip stream" in one_line(exc)
 
 
+@pytest.mark.datasets("binarized_mnist")
 def test_truncated_gzip_of_binarized_mnist_is_corrupt(tmp_path: Path, data_root: Path) -> None:
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
@@ -111,6 +115,7 @@ def test_truncated_gzip_of_binarized_mnist_is_corrupt(tmp_path: Path, data_root:
     assert "vaelab data download binarized_mnist" in msg
 
 
+@pytest.mark.datasets("binarized_mnist")
 def test_binarized_mnist_accepts_the_uncompressed_amat(tmp_path: Path, data_root: Path) -> None:
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
@@ -276,6 +281,7 @@ def test_threshold_dynamic_and_none() -> None:
     assert torch.equal(none.test * 255, torch.from_numpy(s.test.astype(np.float32)))
 
 
+@pytest.mark.datasets("frey")
 def test_copy_to_tmp_preserves_verification(tmp_path: Path, data_root: Path) -> None:
     # A real copy (not a link) verifies, and the in-process cache does not hide a later change.
     folder = tmp_path / "freyface"

@@ -109,6 +109,7 @@ def test_vocabulary_decode_stops_at_eos():
     assert v.decode([4, 0, 5, 3, 4]) == "a b"
 
 
+@pytest.mark.datasets("ptb")
 def test_ptb_matches_its_published_counts(data_root):
     b = load_dataset(DataConfig(name="ptb"))
     # shared/data/README.md section 4: sentences, words + <eos>, <unk> tokens per split

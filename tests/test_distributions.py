@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vaelab.distributions import (
+    BernoulliHead,
     DiagonalGaussian,
     FactorisedBernoulli,
     StandardNormal,
@@ -20,6 +21,7 @@ from vaelab.distributions import (
     diag_gaussian,
     standard_normal,
 )
+from vaelab.errors import VaelabError
 
 DT = torch.float64
 
@@ -147,3 +149,16 @@ def test_registered_kl_refuses_mismatched_event_shapes():
     mu, logvar, _ = _gaussian()
     with pytest.raises(ValueError, match="event shapes"):
         kl_divergence(diag_gaussian(mu, logvar), standard_normal(3, dtype=DT))
+
+
+@pytest.mark.parametrize(
+    "value", [0.5, 1 / 255, 1 + 1e-6, -1e-7, 2.0, float("nan")], ids=["half", "grey", ">1", "<0", "2", "nan"]
+)
+def test_bernoulli_head_refuses_data_that_is_not_exactly_binary(value):
+    x = torch.randint(0, 2, (50, 1, 4, 4)).float()
+    BernoulliHead().check_data(x)  # exactly 0/1: accepted
+    x[37, 0, 2, 1] = value  # one non-binary value, past the first chunk
+    fix = r"set data\.binarize to dynamic/fixed/threshold, or use model\.likelihood = gaussian"
+    with pytest.raises(VaelabError, match=r"needs binary data .*" + fix) as exc:
+        BernoulliHead().check_data(x, chunk=64)
+    assert "\n" not in str(exc.value)

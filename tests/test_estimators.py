@@ -13,7 +13,11 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vaelab.distributions import diag_gaussian, standard_normal
 from vaelab.estimators import elbo, elbo_diag_gaussian, iwae, log_importance_weights, logmeanexp
-from vaelab.evaluation.likelihood import importance_sampled_log_likelihood, streaming_log_likelihood
+from vaelab.evaluation.likelihood import (
+    importance_sampled_log_likelihood,
+    is_reliable,
+    streaming_log_likelihood,
+)
 
 DT = torch.float64
 S2 = 0.25
@@ -134,6 +138,32 @@ def test_importance_sampled_log_likelihood_within_three_standard_errors():
     res = importance_sampled_log_likelihood(model, [X], k=300)
     assert res.log_px.shape == (3,) and (res.ess > 1).all() and (res.ess <= 300).all()
     assert res.bits_per_dim == pytest.approx(-res.mean / (4 * math.log(2)))
+
+
+def test_an_estimate_from_a_poor_proposal_is_flagged_unreliable():
+    """q(z|x) shifted by 2 (mean) and e^2 (variance) from the exact posterior: a few samples carry each
+    estimate, which then falls nats below the exact log p(x) - the flag must say so."""
+    exact = _LinearGaussianModel(0.0).marginal.log_prob(X)
+    torch.manual_seed(0)
+    poor = importance_sampled_log_likelihood(_LinearGaussianModel(q_shift=2.0), [X], k=1000)
+    assert poor.ess_mean < 10 and (exact - poor.log_px).mean() > 1.0
+    d = poor.as_dict()
+    assert d["is_reliable"] is False and not poor.reliable
+    assert d["is_warning"] == poor.warning and d["is_warning"].startswith(
+        f"unreliable IS estimate: mean effective sample size {poor.ess_mean:.1f} of K=1000 is below 10, ")
+    good = importance_sampled_log_likelihood(_LinearGaussianModel(q_shift=0.3), [X], k=1000)
+    assert good.ess_mean > 100 and good.reliable
+    assert good.as_dict()["is_reliable"] is True and good.as_dict()["is_warning"] is None
+    # a small K well used (equal weights at the exact posterior: ESS = K = 5) is not flagged
+    assert importance_sampled_log_likelihood(_LinearGaussianModel(0.0), [X], k=5).reliable
+
+
+def test_the_reliability_rule():
+    """mean ESS >= min(10, K/2): an absolute floor of 10 samples, K/2 below K = 20."""
+    assert not is_reliable(9.9, 5000) and is_reliable(10.0, 5000)
+    assert is_reliable(49.0, 5000)  # the MNIST preset's mean ESS (BENCHMARKS.md): 1% of K, trusted
+    assert not is_reliable(4.0, 5000)  # the issue's 50-latent model
+    assert is_reliable(2.5, 5) and not is_reliable(2.4, 5)
 
 
 def test_chunking_does_not_change_the_estimate():

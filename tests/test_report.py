@@ -201,6 +201,37 @@ def test_summary_has_run_facts_from_the_last_complete_metrics_line(tmp_path: Pat
     assert "IS log p(x) (nats, test, K = 5000)" in summary
 
 
+def _write_eval(run: Path, ev: dict[str, Any]) -> None:
+    """What `vaelab eval` writes: eval.json, and (version 2) the evaluation section."""
+    (run / "eval.json").write_text(json.dumps(ev))
+    if (run / "run.json").is_file():
+        sec.write_sections(run, [sec.evaluation_section(ev)])
+
+
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_an_unreliable_is_estimate_is_flagged_in_the_summary_and_the_evaluation(
+    tmp_path: Path, layout: str
+) -> None:
+    from vaelab.experiment import format_eval
+
+    run, _ = make_run(tmp_path, layout=layout)
+    warning = "unreliable IS estimate: mean effective sample size 4.0 of K=5000 is below 10, ..."
+    ev = {**EVAL, "ess_mean": 4.0, "is_reliable": False, "is_warning": warning}
+    _write_eval(run, ev)
+    page = build_report(run).read_text(encoding="utf-8")
+    summary, evaluation = (page.split(f">{t}</h2>")[1].split("<h2")[0] for t in ("Summary", "Evaluation"))
+    for section in (summary, evaluation):
+        assert f"<p class='note'>Warning: {warning}</p>" in section
+    assert evaluation.count(warning) == 1  # above the table, not again as a row
+    assert "<td>IS estimate reliable (mean ESS &gt;= min(10, K/2))</td><td>false</td>" in evaluation
+    assert f"\nwarning: {warning}\n" in format_eval(ev)
+    # a reliable estimate: no warning anywhere
+    _write_eval(run, {**EVAL, "is_reliable": True, "is_warning": None})
+    page = build_report(run).read_text(encoding="utf-8")
+    assert "Warning" not in page and "<td>true</td>" in page
+    assert "warning" not in format_eval({**EVAL, "is_reliable": True, "is_warning": None})
+
+
 def test_read_metrics_skips_a_truncated_last_line(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(_metrics_lines()) + "\nnot json\n[1, 2]\n")

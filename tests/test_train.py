@@ -106,7 +106,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path,
 
     monkeypatch.setattr(ckpt, "save_file", dying_save)
     t.step = 6
-    with pytest.raises(OSError):
+    with pytest.raises(ckpt.CheckpointWriteError, match="disk full"):
         t.save_checkpoint()
     monkeypatch.setattr(ckpt, "save_file", real_save)
     assert ckpt.resolve_checkpoint(tmp_path) == good

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vaelab.cli import main
-from vaelab.data.registry import data_root
 from vaelab.vi.lda import LDAModel, sample_corpus
 
 # small sparse products: one intra-op thread avoids OpenMP hand-offs (slow on a shared 2-core box)
@@ -119,7 +118,7 @@ def test_lda_command_errors(tmp_path, capsys, monkeypatch):
     assert err.startswith("error: AP corpus file not found") and err.count("\n") == 1
 
 
-@pytest.mark.skipif(not (data_root() / "ap" / "ap.dat").is_file(), reason="AP corpus not available")
+@pytest.mark.datasets("ap")
 def test_lda_command_on_an_ap_subset(tmp_path, capsys):
     run = tmp_path / "ap"
     args = ["lda", "ap", "--topics", "5", "--passes", "2", "--max-docs", "300", "--quiet", "--out", str(run)]

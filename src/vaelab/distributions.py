@@ -189,12 +189,18 @@ class BernoulliHead(LikelihoodHead):
     def mean(self, params: Tensor, event_ndim: int) -> Tensor:
         return torch.sigmoid(params.select(params.dim() - event_ndim - 1, 0))
 
-    def check_data(self, x: Tensor) -> None:
-        if x.min() < 0 or x.max() > 1:
-            raise VaelabError(
-                "the Bernoulli decoder needs data in [0, 1]; "
-                "set data.binarize or use model.likelihood='gaussian'"
-            )
+    def check_data(self, x: Tensor, chunk: int = 1 << 22) -> None:
+        """Bernoulli is a distribution on {0, 1}: every value of ``x`` (any shape) must be exactly 0
+        or 1. On grey levels its "log p(x)" and bits/dim would describe no density at all."""
+        for part in x.reshape(-1).split(chunk):
+            bad = (part != 0) & (part != 1)  # NaN is caught too
+            if bool(bad.any()):
+                value = part[bad][0].item()
+                raise VaelabError(
+                    f"the Bernoulli likelihood needs binary data (every value 0 or 1), but the data hold "
+                    f"{value:.4g}; set data.binarize to dynamic/fixed/threshold, or use "
+                    "model.likelihood = gaussian"
+                )
 
 
 class GaussianHead(LikelihoodHead):

@@ -36,7 +36,7 @@ from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
 from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
-from vaelab.sections import MetricsSection, Section, write_sections
+from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
@@ -151,7 +151,7 @@ def _image_batches(bundle: DataBundle, cfg: RunConfig, device: torch.device, *, 
         if test_x is not None and len(test_x)
         else None
     )
-    check = None if bundle.dynamic else bundle.train[: min(len(bundle.train), 1000)]
+    check = None if bundle.dynamic else bundle.train
     return SplitBatches(train, valid, test, bundle.valid_labels, test_labels, check)
 
 
@@ -389,7 +389,7 @@ def evaluate_run(
     if run_version(run_dir) < 2:  # a version 1 folder becomes version 2 by gaining its sections
         write_run_file(run_dir)
     write_report_sections(run_dir, model, shown, labels, n_samples=cfg.eval.n_samples, seed=cfg.eval.seed)
-    write_sections(run_dir, [MetricsSection(name="evaluation", title="Evaluation", values=result)])
+    write_sections(run_dir, [evaluation_section(result)])
     return result
 
 
@@ -463,6 +463,8 @@ def format_eval(result: dict) -> str:
             f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
             f"ESS mean {result['ess_mean']:.0f})"
         )
+        if result.get("is_warning"):
+            lines.append(f"warning: {result['is_warning']}")
         if "units" not in result:
             lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "units" in result:

@@ -66,6 +66,8 @@ __all__ = [
     "ImageFileSection",
     "MetricsSection",
     "UnreadableSection",
+    "EVALUATION",
+    "evaluation_section",
     "section_kind",
     "write_sections",
     "read_sections",
@@ -197,9 +199,24 @@ class ImageFileSection(Section):
 @dataclass(kw_only=True)
 class MetricsSection(Section):
     """Named numbers (and strings): ``values`` as in eval.json; ``<key>_stderr`` is shown as
-    ``±`` beside ``<key>``."""
+    ``±`` beside ``<key>``. ``warnings``: lines shown above the table (e.g. an unreliable estimate)."""
 
     values: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+EVALUATION = "evaluation"
+"""The name of the section holding a run's evaluation (eval.json's numbers); the report's summary
+reads it."""
+
+
+def evaluation_section(result: dict[str, Any]) -> MetricsSection:
+    """The evaluation section of an eval.json dict: its ``is_warning`` (when set) as a warning, the
+    other keys as values."""
+    values = {k: v for k, v in result.items() if k != "is_warning"}
+    warning = result.get("is_warning")
+    return MetricsSection(name=EVALUATION, title="Evaluation", values=values,
+                          warnings=[str(warning)] if warning else [])
 
 
 @dataclass(kw_only=True)

@@ -73,14 +73,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _init_distributed(device_name: str):
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); return the device."""
+    """Join the process group when started by torchrun (even with one process, so that a one-GPU
+    torchrun runs the nccl path of a multi-GPU one); return the device."""
     import torch
     import torch.distributed as dist
 
     from vaelab.experiment import resolve_device
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if not launched:
         return resolve_device(device_name)
     device = resolve_device(device_name)
     local = int(os.environ.get("LOCAL_RANK", "0"))

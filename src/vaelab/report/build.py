@@ -182,6 +182,8 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
         table.append(("Best validation ELBO (nats)", _num(max(r["elbo"] for r in valid), "elbo")))
     body = table_html(("Quantity", "Value"), table, cls="kv") if table else ""
     notes = [ev_note] if ev is None and ev_note else []
+    if ev is not None and ev.get("is_warning"):
+        notes.append(f"Warning: {ev['is_warning']}")
     if not rows:
         notes.append("No training metrics (metrics.jsonl is missing or has no complete line).")
     return Section("Summary", body + "".join(note_html(n) for n in notes))
@@ -233,31 +235,36 @@ def legacy_sections(run: Path, ev: dict[str, Any] | None) -> list[sec.Section]:
         if s is not None:
             out.append(s)
     if ev is not None:
-        out.append(sec.MetricsSection(name="evaluation", title="Evaluation", values=ev))
+        out.append(sec.evaluation_section(ev))
     return out
 
 
-def _run_sections(run: Path, version: int, ev: dict[str, Any] | None, ev_note: str) -> list[Section]:
-    """The run's own sections (figures, tables, samples, evaluation) as page blocks."""
+def _run_sections(run: Path, version: int) -> tuple[list[sec.Section], str]:
+    """The run's own sections (figures, tables, samples, its evaluation), and a note for what is
+    missing. Version 2 reads sections.json; version 1 its fixed figure files and eval.json."""
     if version < 2:
-        blocks = render_sections(legacy_sections(run, ev))
-        if ev is None:
-            blocks.append(Section("Evaluation", note_html(ev_note)))
-        if not any(b.figures for b in blocks):
-            blocks.insert(0, Section("Figures", note_html(
-                f"No figures in the run folder: run `vaelab eval {run}` to draw them.")))
-        return blocks
+        note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
+        try:
+            ev = _read_json(run / "eval.json")
+        except (OSError, ValueError) as e:
+            ev, note = None, f"eval.json could not be read ({e}); run `vaelab eval {run}` again."
+        found = legacy_sections(run, ev)
+        if not any(s.name != sec.EVALUATION for s in found):
+            note += f" No figures in the run folder: `vaelab eval {run}` draws them."
+        return found, note
     try:
-        found = sec.read_sections(run)
+        note = f"No evaluation: run `vaelab eval {run}` to write its figures and numbers."
+        return sec.read_sections(run), note
     except VaelabError as e:
-        return [Section("Figures", note_html(str(e)))]
-    if not found:
-        note = f"No sections.json in the run folder: run `vaelab eval {run}` to write its figures."
-        return [Section("Figures", note_html(note))]
-    blocks = render_sections(found)
-    if ev is None and not any(s.name == "evaluation" for s in found):
-        blocks.append(Section("Evaluation", note_html(ev_note)))
-    return blocks
+        return [], str(e)
+
+
+def _evaluation_values(found: list[sec.Section]) -> dict[str, Any] | None:
+    """eval.json's numbers as the evaluation section holds them (its warnings as ``is_warning``)."""
+    for s in found:
+        if s.name == sec.EVALUATION and isinstance(s, sec.MetricsSection):
+            return {**s.values, **({"is_warning": " ".join(s.warnings)} if s.warnings else {})}
+    return None
 
 
 def _other_figures(fig_dir: Path) -> Section | None:
@@ -366,18 +373,17 @@ def build_report(run_dir: str | Path) -> Path:
             "cannot rebuild from the folder; run that command again to write it"
         )
     version = run_version(run)  # a folder newer than this vaelab is refused in one line
-    ev_note = f"No eval.json: run `vaelab eval {run}` to estimate log p(x) on the test set."
-    try:
-        ev = _read_json(run / "eval.json")
-    except (OSError, ValueError) as e:
-        ev, ev_note = None, f"eval.json could not be read ({e}); run `vaelab eval {run}` again."
+    found, note = _run_sections(run, version)
+    ev = _evaluation_values(found)
     rows = read_metrics(run / "metrics.jsonl")
-
+    blocks = render_sections(found)
+    if ev is None:
+        blocks.append(Section("Evaluation", note_html(note)))
     sections = [
-        _summary(rows, ev, ev_note),
+        _summary(rows, ev, note),
         _chain(run, config),
         _curves(rows),
-        *_run_sections(run, version, ev, ev_note),
+        *blocks,
         _other_figures(run / "figures"),
         _configuration(config, config_note),
         _command(run),

@@ -52,6 +52,7 @@ EVAL_LABELS = {
     "latent_dim": "Latent size",
     "ess_mean": "Mean effective sample size",
     "ess_min": "Smallest effective sample size",
+    "is_reliable": "IS estimate reliable (mean ESS >= min(10, K/2))",
     "seconds": "Evaluation time",
     "weights": "Weights",
     "checkpoint": "Checkpoint",
@@ -189,7 +190,8 @@ def _table(s: sec.TableSection) -> Block:
 @renderer("metrics")
 def _metrics(s: sec.MetricsSection) -> Block:
     cap = f"<p>{_html.escape(s.caption)}</p>" if s.caption else ""
-    return Block(s.title, cap + table_html(("Quantity", "Value"), metrics_rows(s.values), cls="kv"))
+    warn = "".join(note_html(f"Warning: {w}") for w in s.warnings)
+    return Block(s.title, warn + cap + table_html(("Quantity", "Value"), metrics_rows(s.values), cls="kv"))
 
 
 @renderer("text")

@@ -2,8 +2,9 @@
 
 A dataset that fits in memory is one tensor; an epoch is a seeded permutation of its rows, and a
 batch is one ``index_select``. Every batch's randomness (the permutation, and a per-batch
-transform such as dynamic binarisation) is a pure function of (seed, epoch, batch index), so a run
-resumed in the middle of an epoch sees exactly the batches an uninterrupted run would.
+transform such as dynamic binarisation) is a pure function of (seed, epoch, batch index) - and, for
+the transform, of the process's rank - so a run resumed in the middle of an epoch sees exactly the
+batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ __all__ = ["TensorBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed",
 
 Transform = Callable[[Tensor, int], Tensor]
 """``f(batch, seed) -> batch``: a per-batch transform; ``seed`` (63 bits) is the batch's own seed, a
-pure function of (seed, epoch, batch index). A transform may also have ``prepare(data) -> data``,
+pure function of (seed, epoch, batch index, rank). A transform may also have ``prepare(data) -> data``,
 which ``TensorBatches`` calls once on the whole dataset (e.g. to store it more compactly)."""
 
 
-def batch_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one batch, mixing the three integers (SplitMix64 finaliser)."""
+def batch_seed(seed: int, epoch: int, index: int, rank: int = 0) -> int:
+    """A 63-bit seed for one batch of one process, mixing the four integers (SplitMix64 finaliser).
+
+    ``rank`` is the process's rank in a data-parallel run; rank 0 gets the seed a single-process run
+    gets, so a one-process run's numbers do not depend on whether it could have been distributed."""
     mask = 2**64 - 1
-    z = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + 1) & mask
+    z = seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB
+    z = (z + rank * 0xD6E8FEB86659FD93 + 1) & mask
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
     return (z ^ (z >> 31)) & (2**63 - 1)
@@ -136,7 +141,9 @@ class TensorBatches:
     transform: ``f(batch, seed) -> batch`` applied to every batch with the batch's own seed; its
         ``prepare(data)``, if it has one, is applied once to the whole dataset first.
     rank, world: for data-parallel runs each process takes every ``world``-th row of the epoch's
-        permutation, so the processes see disjoint shards of equal size.
+        permutation (the same permutation on every process), so the processes see disjoint shards
+        of equal size; the transform's seed also mixes in the rank, so each process draws its own
+        random numbers (``batch_seed(seed, epoch, batch, rank)``).
     """
 
     def __init__(
@@ -200,7 +207,7 @@ class TensorBatches:
                 return
             batch = self.data.index_select(0, idx)
             if self.transform is not None:
-                batch = self.transform(batch, batch_seed(self.seed, epoch, b))
+                batch = self.transform(batch, batch_seed(self.seed, epoch, b, self.rank))
             yield batch
 
     def __iter__(self) -> Iterator[Tensor]:

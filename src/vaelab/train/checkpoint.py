@@ -9,7 +9,10 @@ A checkpoint is a folder ``checkpoints/step_00001234/`` holding
 
 It is written into a temporary sibling folder, every file fsync'd, and renamed into place in one
 ``os.replace``; ``checkpoints/latest`` names the newest one and is replaced atomically too. So a
-crash at any instant leaves either the old checkpoint or the new one, never a torn one.
+crash at any instant leaves either the old checkpoint or the new one, never a torn one. A write that
+fails (disk full, permission denied) is undone - the temporary folder removed, a checkpoint of the
+same name that was being replaced put back, ``latest`` untouched - and raised as one
+:class:`CheckpointWriteError` naming the folder.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from vaelab.errors import VaelabError
 __all__ = [
     "FORMAT",
     "Checkpoint",
+    "CheckpointWriteError",
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
@@ -44,6 +48,10 @@ __all__ = [
 FORMAT = "vaelab-checkpoint"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointWriteError(VaelabError):
+    """A checkpoint could not be written; the checkpoints written before are as they were."""
 
 
 @dataclass
@@ -73,11 +81,15 @@ def _write_file_synced(path: Path, write) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
@@ -118,13 +130,59 @@ def save_checkpoint(
     *,
     update_latest: bool = True,
 ) -> Path:
-    """Atomically write a checkpoint folder ``directory`` (e.g. runs/x/checkpoints/step_00000100)."""
+    """Atomically write a checkpoint folder ``directory`` (e.g. runs/x/checkpoints/step_00000100).
+
+    Raises :class:`CheckpointWriteError` (one line, naming the folder) when the write fails; the
+    folder's other checkpoints and its ``latest`` pointer are then as they were before the call."""
     final = Path(directory)
+    try:
+        return _save_checkpoint(final, model_state, meta, trainer_state, update_latest)
+    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O errors as the latter
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).split("\n")[0][:160]
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final.name} in {final.parent} ({why}); the checkpoints "
+            "written before are unchanged; free disk space or fix the folder's permissions and resume"
+        ) from None
+
+
+def _save_checkpoint(
+    final: Path,
+    model_state: dict[str, Tensor],
+    meta: dict[str, Any],
+    trainer_state: dict[str, Tensor] | None,
+    update_latest: bool,
+) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    moved_old = placed = False
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_checkpoint_files(tmp, model_state, meta, trainer_state)
+        if final.exists():
+            os.replace(final, old)
+            moved_old = True
+        os.replace(tmp, final)
+        placed = True
+        _fsync_dir(final.parent)
+        if update_latest:
+            _write_text_atomic(final.parent / "latest", final.name + "\n")
+    except BaseException:
+        # undo: the half-written folder goes, and a checkpoint being replaced comes back
+        shutil.rmtree(final if placed else tmp, ignore_errors=True)
+        if moved_old:
+            os.replace(old, final)
+        raise
+    if moved_old:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint_files(
+    tmp: Path, model_state: dict[str, Tensor], meta: dict[str, Any], trainer_state: dict[str, Tensor] | None
+) -> None:
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
     _write_file_synced(tmp / "model.safetensors", lambda p: save_file(weights, str(p), metadata=header))
@@ -134,17 +192,6 @@ def save_checkpoint(
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vaelab_version": __version__, **meta}
     _write_file_synced(tmp / "state.json", lambda p: p.write_text(json.dumps(full_meta, indent=2), "utf-8"))
     _fsync_dir(tmp)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    if update_latest:
-        _write_text_atomic(final.parent / "latest", final.name + "\n")
-    return final
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:

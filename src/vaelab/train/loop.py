@@ -96,6 +96,12 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device(model_device: torch.device) -> torch.device:
+    """Where the tensors of this process group's collectives must live: nccl reduces only CUDA
+    tensors (the model's device); gloo and the others reduce CPU tensors. Needs an initialised group."""
+    return model_device if dist.get_backend() == dist.Backend.NCCL else torch.device("cpu")
+
+
 class Trainer:
     """Fits ``model`` on ``train_batches``; evaluates on ``valid_batches``.
 
@@ -129,6 +135,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = meta or {}
         self.rank, self.world = _distributed()
+        # in a process group (torchrun), even of one process: DDP, and stop and metrics reductions
+        self.distributed = dist.is_available() and dist.is_initialized()
         self.callbacks = list(callbacks) if self.rank == 0 else []
         self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
         self.average = None
@@ -257,7 +265,7 @@ class Trainer:
         return self.model
 
     def _forward_model(self) -> nn.Module:
-        if self.world > 1 and self._ddp is None:
+        if self.distributed and self._ddp is None:
             from torch.nn.parallel import DistributedDataParallel
 
             self._ddp = DistributedDataParallel(self.model)
@@ -351,12 +359,10 @@ class Trainer:
                         # after validation, so a checkpoint holds the RNG state the next step sees
                         for cb in self.callbacks:
                             cb.on_step_end(self)
-                        if self.stop_reason or self.step >= self.total_steps:
+                        if self._should_stop(log_every):
                             break
-                    if self.world > 1:
-                        self._sync_stop()
             self._assert_healthy()  # a partial logging window: check it before the final checkpoint
-        except NonFiniteLoss as exc:
+        except (NonFiniteLoss, ckpt.CheckpointWriteError) as exc:  # no final checkpoint on the way out
             self.failure = str(exc)
             raise
         finally:
@@ -372,8 +378,28 @@ class Trainer:
                 self.average.swap()  # the model now holds the averaged weights, as the checkpoints do
         return self
 
+    def _should_stop(self, every: int) -> bool:
+        """Whether to leave the loop after this step.
+
+        One process stops as soon as a stop is asked for. The processes of a data-parallel run must
+        all stop after the same step (each step's gradient reduction needs all of them), but a stop
+        can be asked for on one alone (its Ctrl-C, its clock, rank 0's early stopping). So they share
+        their requests at steps all of them agree on, every ``every`` steps and at each epoch's end,
+        and stop there together: a request waits at most ``every`` steps.
+        """
+        if self.step >= self.total_steps:
+            return True
+        if not self.distributed:
+            return self.stop_reason is not None
+        if self.step % every and self.step % self.steps_per_epoch:
+            return False
+        self._sync_stop()
+        return self.stop_reason is not None
+
     def _sync_stop(self) -> None:
-        flag = torch.tensor([1.0 if self.stop_reason else 0.0])
+        """Every process learns whether any asked to stop (one all-reduce, on the group's device)."""
+        device = collective_device(next(self.model.parameters()).device)
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not self.stop_reason:
             self.stop_reason = "stopped on another process"
@@ -382,8 +408,11 @@ class Trainer:
         """Mean of every loss term over all batches (all processes together), model in eval mode."""
         sums, count = loss_term_sums(self.model, batches.epoch(0))
         keys = sorted(sums)
-        vec = torch.stack([sums[k].float().cpu() for k in keys] + [torch.tensor(float(count))])
-        if self.world > 1:
+        cpu = torch.device("cpu")
+        device = collective_device(next(self.model.parameters()).device) if self.distributed else cpu
+        count_t = torch.tensor(float(count), device=device)
+        vec = torch.stack([sums[k].float().to(device) for k in keys] + [count_t])
+        if self.distributed:
             dist.all_reduce(vec)
         return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
 

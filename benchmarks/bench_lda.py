@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--modes", default="batch,online")
     p.add_argument("--quick", action="store_true", help="3 batch / 2 online passes, 1 repeat (a smoke run)")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lda.md"), help="markdown output")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lda.md"),
+                   help="markdown output")
     args = p.parse_args(argv)
     if args.worker:
         lib, mode, passes, seed, out = args.worker

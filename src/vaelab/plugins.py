@@ -4,10 +4,10 @@ A package adds a model family (or a dataset) without touching vaelab by declarin
 in its own ``pyproject.toml``::
 
     [project.entry-points."vaelab.models"]
-    toyseq = "toyseq.model:ToySeq"        # a vaelab.models.Model subclass
+    mymodel = "mypackage.model:MyModel"   # a vaelab.models.Model subclass
 
     [project.entry-points."vaelab.datasets"]
-    mycorpus = "mycorpus.data:DATASET"    # a vaelab.data.Dataset
+    mycorpus = "mypackage.data:CORPUS"    # a vaelab.data.Dataset
 
 vaelab's own families are declared the same way in its ``pyproject.toml``. Nothing is imported
 until a name is needed: a registry asks :func:`load` for a name it does not hold yet, and

@@ -565,3 +565,24 @@ def test_a_run_page_is_rebuilt_from_its_source_with_figures_saved_once(tmp_path:
     (tmp_path / "report.html").unlink()
     assert rebuild_run_page(tmp_path).read_text() == page
     assert build_report(tmp_path).read_text() == page  # `vaelab report` takes the same path
+
+
+def test_a_run_without_a_model_reports_its_sections(tmp_path: Path) -> None:
+    """A version 2 folder of a command that trains no model (vaelab lda, kl, ising) is drawn from its
+    sections like any other run."""
+    run = tmp_path / "lda"
+    run.mkdir()
+    write_run_file(run)
+    (run / "config.json").write_text(json.dumps({"name": "lda", "lda": {"topics": 3}}))
+    (run / "command.txt").write_text("vaelab lda ap --topics 3\n")
+    sec.write_sections(run, [
+        sec.TableSection(name="topics", title="Topics", header=["topic", "words"],
+                         rows=[[0, "a b"], [1, "c d"]]),
+        sec.LinesSection(name="bound", title="ELBO by iteration", x=np.arange(4.0),
+                         y=np.array([[-9, -7, -6, -5.5]]), labels=["ELBO"], xlabel="iteration"),
+        sec.MetricsSection(name="heldout", title="Held-out", values={"perplexity": 3079.0}),
+    ])
+    page = build_report(run).read_text(encoding="utf-8")
+    for title in ("Topics", "ELBO by iteration", "Held-out", "Configuration", "Command"):
+        assert f">{title}</h2>" in page
+    assert "<td>Perplexity</td><td>3079</td>" in page and "lda.topics" in page

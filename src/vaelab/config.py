@@ -1,6 +1,7 @@
 """Run configuration: typed dataclasses owned by their components, loaded from TOML.
 
-A run config has four sections, ``model``, ``data``, ``train`` and ``eval``. The ``model`` section
+A run config has four sections, ``model``, ``data``, ``train`` and ``eval``, and a fifth,
+``parent``, when the run builds on another run (``ParentConfig``). The ``model`` section
 names a registered model (``model.name = "vae"``) whose own ``Config`` dataclass types the rest of
 the section. Overrides are dotted, ``--set train.lr=3e-4``, with values parsed as TOML
 (``--set model.hidden=[256,256]``); bare words are strings. Unknown keys and values of the wrong

@@ -366,13 +366,13 @@ def build_report(run_dir: str | Path) -> Path:
         config = _read_json(run / "config.json")
     except (OSError, ValueError) as e:
         config, config_note = None, f"config.json could not be read: {e}"
-    if isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
+    version = run_version(run)  # a folder newer than this vaelab is refused in one line
+    if version < 2 and isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
         # a folder of vaelab kl / lda / ising from before pages kept their source: leave its page
         raise VaelabError(
             f"{run} was written by `{_first_words(run / 'command.txt')}`, whose report this version "
             "cannot rebuild from the folder; run that command again to write it"
         )
-    version = run_version(run)  # a folder newer than this vaelab is refused in one line
     found, note = _run_sections(run, version)
     ev = _evaluation_values(found)
     rows = read_metrics(run / "metrics.jsonl")

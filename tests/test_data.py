@@ -40,7 +40,8 @@ def test_every_registered_file_is_present_and_verified(data_root: Path, name: st
 def test_mnist_shapes_values_and_label_counts(mnist) -> None:
     assert mnist.train.shape == (60000, 1, 28, 28) and mnist.test.shape == (10000, 1, 28, 28)
     assert mnist.train.dtype == torch.float32 and mnist.valid is None
-    assert mnist.spec.shape == (1, 28, 28) and mnist.spec.kind == "continuous" and mnist.spec.n_classes == 10
+    assert mnist.spec.shape == (1, 28, 28) and mnist.spec.n_classes == 10
+    assert (mnist.spec.kind, mnist.spec.values) == ("images", "continuous")
     assert float(mnist.train.min()) == 0.0 and float(mnist.train.max()) == 1.0
     assert abs(float(mnist.train.mean()) - 0.1307) < 5e-5
     # grey levels are k / 255 exactly
@@ -71,7 +72,7 @@ def test_mnist_validation_split_is_seeded_and_partitions_the_training_set(data_r
 @pytest.mark.datasets("mnist")
 def test_mnist_dynamic_is_grey_levels_marked_binary(data_root: Path, mnist) -> None:
     b = load_dataset(DataConfig(name="mnist", binarize="dynamic", valid_size=0, limit=500), root=data_root)
-    assert b.spec.kind == "binary" and len(b.train) == 500
+    assert b.spec.values == "binary" and len(b.train) == 500
     assert torch.equal(b.train, mnist.train[:500]) and torch.equal(b.test, mnist.test)
     assert torch.equal(b.train_labels, mnist.train_labels[:500])
 
@@ -81,7 +82,7 @@ def test_binarized_mnist(data_root: Path) -> None:
     b = load_dataset(DataConfig(name="binarized_mnist", binarize="none"), root=data_root)
     assert b.train.shape == (50000, 1, 28, 28) and b.valid.shape == (10000, 1, 28, 28)
     assert b.test.shape == (10000, 1, 28, 28)
-    assert b.spec.kind == "binary" and b.train_labels is None and b.spec.n_classes == 0
+    assert b.spec.values == "binary" and b.train_labels is None and b.spec.n_classes == 0
     for x, mean in ((b.train, 0.1306), (b.valid, 0.1311), (b.test, 0.1325)):
         assert torch.equal(x, (x > 0.5).float())  # values in {0, 1}
         assert abs(float(x.mean()) - mean) < 5e-5
@@ -90,7 +91,7 @@ def test_binarized_mnist(data_root: Path) -> None:
 @pytest.mark.datasets("frey")
 def test_frey(data_root: Path) -> None:
     b = load_dataset(DataConfig(name="frey", binarize="none", valid_size=0.1), root=data_root)
-    assert b.spec.shape == (1, 28, 20) and b.spec.kind == "continuous"
+    assert b.spec.shape == (1, 28, 20) and b.spec.values == "continuous"
     assert len(b.train) + len(b.valid) + len(b.test) == 1965
     assert len(b.test) == round(0.1 * 1965)
     every = torch.cat([b.train, b.valid, b.test])

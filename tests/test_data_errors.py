@@ -245,7 +245,7 @@ def test_fixed_binarization_is_deterministic_in_split_seed() -> None:
     a = finish("g", s, DataConfig(binarize="fixed", split_seed=0))
     b = finish("g", s, DataConfig(binarize="fixed", split_seed=0))
     c = finish("g", s, DataConfig(binarize="fixed", split_seed=1))
-    assert a.spec.kind == "binary"
+    assert a.spec.values == "binary"
     for x in (a.train, a.valid, a.test):
         assert torch.equal(x, (x > 0.5).float())
     assert torch.equal(a.train, b.train) and torch.equal(a.valid, b.valid) and torch.equal(a.test, b.test)
@@ -271,7 +271,7 @@ def test_threshold_dynamic_and_none() -> None:
     none = finish("g", s, DataConfig(binarize="none"))
     thr = finish("g", s, DataConfig(binarize="threshold"))
     dyn = finish("g", s, DataConfig(binarize="dynamic"))
-    assert none.spec.kind == "continuous" and thr.spec.kind == "binary" and dyn.spec.kind == "binary"
+    assert none.spec.values == "continuous" and thr.spec.values == "binary" and dyn.spec.values == "binary"
     assert torch.equal(thr.train, (none.train > 0.5).float())
     assert torch.equal(dyn.train, none.train)  # the batcher draws; the loader does not
     assert dyn.dynamic and not thr.dynamic and not none.dynamic

@@ -39,7 +39,7 @@ def test_folder_of_grey_pngs(tmp_path: Path) -> None:
     for i, im in enumerate(images):
         save(tmp_path / f"img{i:02d}.png", im)
     b = load_dataset(cfg(f"folder:{tmp_path}"))
-    assert b.spec.shape == (1, 9, 7) and b.spec.kind == "continuous" and b.train_labels is None
+    assert b.spec.shape == (1, 9, 7) and b.spec.values == "continuous" and b.train_labels is None
     assert len(b.train) + len(b.test) == 12 and len(b.test) == 1  # 10% carved for test
     got = {tuple((x[0] * 255).round().to(torch.uint8).flatten().tolist()) for x in every(b)}
     assert got == {tuple(im.flatten().tolist()) for im in images}

@@ -83,7 +83,7 @@ class IndependentPixels(Model, Sampling):
     """p(x) = prod_d Bernoulli(x_d; sigmoid(l_d)): exact log p(x), no latent variable."""
 
     Config = PixelsConfig
-    data_kinds = frozenset({"binary"})
+    data_kinds = frozenset({"images"})
 
     def __init__(self, config: PixelsConfig, spec):
         super().__init__(config, spec)
@@ -131,10 +131,13 @@ def test_a_family_without_latents_trains_evaluates_and_reports_on_what_it_declar
     assert main(["sample", str(run), "-n", "4"]) == 0
 
 
-def test_a_family_refuses_data_it_does_not_declare(pixels_family):
-    cfg = config_from_dict({"model": {"name": "test_pixels"}, "data": {"name": "digits", "binarize": "none"}})
-    with pytest.raises(VaelabError, match="does not accept 'continuous' data"):
-        train_run(cfg, Path("/nonexistent/never-written"), device=CPU, progress=False)
+def test_a_family_refuses_data_it_does_not_declare(pixels_family, tmp_path):
+    (tmp_path / "words.txt").write_text("a few words\nand a few more\n" * 5)
+    data = {"name": f"text:{tmp_path / 'words.txt'}"}
+    cfg = config_from_dict({"model": {"name": "test_pixels"}, "data": data})
+    with pytest.raises(VaelabError, match="does not accept 'tokens' data"):
+        train_run(cfg, tmp_path / "never-written", device=CPU, progress=False)
+    assert not (tmp_path / "never-written").exists()
 
 
 # ------------------------------------------------------------------------------------ parent runs

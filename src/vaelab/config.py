@@ -48,8 +48,9 @@ __all__ = [
 class DataConfig:
     """Which data, and how it is turned into tensors.
 
-    name: a registered dataset (``vaelab data list``), ``folder:PATH`` (a folder of images) or
-        ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)).
+    name: a registered dataset (``vaelab data list``), ``folder:PATH`` (a folder of images),
+        ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)) or
+        ``text:PATH`` (sentences, one per line: a folder with train/valid/test .txt, or one file).
     binarize: ``dynamic`` draws x ~ Bernoulli(pixel) afresh for every batch; ``fixed`` draws once
         with ``split_seed``; ``threshold`` rounds at 0.5; ``none`` keeps grey levels in [0, 1].
     valid_size: held-out part of the training set for validation: a fraction (< 1) or a count,
@@ -57,6 +58,9 @@ class DataConfig:
     image_size: [H, W] that folder images are resized to (empty: keep the first image's size).
     channels: 1 (grey) or 3 (RGB) for folder images; 0 keeps what the files hold.
     limit: use only the first N training examples (0: all) - for quick runs.
+    max_vocab: text: keep at most this many words, the most frequent, besides ``<pad>``, ``<unk>``,
+        ``<bos>`` and ``<eos>`` (0: every word); the others become ``<unk>``.
+    min_count: text: words seen fewer times in the training split become ``<unk>``.
     """
 
     name: str = "digits"
@@ -66,6 +70,8 @@ class DataConfig:
     image_size: list[int] = field(default_factory=list)
     channels: int = 0
     limit: int = 0
+    max_vocab: int = 0
+    min_count: int = 1
 
     def validate(self, prefix: str) -> None:
         if self.valid_size < 0:
@@ -80,6 +86,11 @@ class DataConfig:
             raise VaelabError(f"{prefix}.channels must be 0 (as stored), 1 or 3, got {self.channels}")
         if self.limit < 0:
             raise VaelabError(f"{prefix}.limit must be >= 0, got {self.limit}")
+        if self.max_vocab < 0 or self.min_count < 1:
+            raise VaelabError(
+                f"{prefix}.max_vocab must be >= 0 and {prefix}.min_count >= 1, "
+                f"got {self.max_vocab} and {self.min_count}"
+            )
 
 
 @dataclass

@@ -22,14 +22,16 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import singledispatch
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vaelab.config import RunConfig, config_from_dict, dump_json
+from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
@@ -40,9 +42,7 @@ from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import TensorBatches, dynamic_binarize
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
 from vaelab.train.loop import Trainer
-
-if TYPE_CHECKING:
-    from vaelab.data import DataBundle
+from vaelab.train.sequences import SequenceBatches
 
 __all__ = [
     "resolve_device",
@@ -72,6 +72,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
+Batches = TensorBatches | SequenceBatches
+"""What the trainer and the evaluation iterate: ``epoch(e, start)`` and ``len``."""
+
+
 @dataclass
 class Prepared:
     """A model with its data, ready to train or evaluate."""
@@ -79,21 +83,44 @@ class Prepared:
     cfg: RunConfig
     model: Model
     spec: DataSpec
-    bundle: DataBundle
-    train: TensorBatches
-    valid: TensorBatches | None
-    test: TensorBatches | None
+    bundle: Bundle
+    train: Batches
+    valid: Batches | None
+    test: Batches | None
     test_labels: Tensor | None
     device: torch.device
+    valid_labels: Tensor | None = None
 
 
-def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
-    from vaelab.data import load_dataset
+@dataclass
+class SplitBatches:
+    """A dataset's splits as batches.
 
-    bundle = load_dataset(cfg.data)
-    spec = bundle.spec
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, spec).to(device)
+    train: shuffled, this rank's shard; valid: this rank's shard; test: every example (rank 0
+    evaluates), the first ``eval.max_examples``. valid_labels / test_labels: (N,) or None.
+    check: training examples for ``Model.check_data``, or None to skip the check.
+    """
+
+    train: Batches
+    valid: Batches | None
+    test: Batches | None
+    valid_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    check: Any = None
+
+
+@singledispatch
+def split_batches(
+    bundle: Bundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
+) -> SplitBatches:
+    """The batches of each split of ``bundle``, by the bundle's type (a new kind of data registers
+    its own batching here)."""
+    raise VaelabError(f"dataset {bundle.name!r} holds {type(bundle).__name__}, which vaelab cannot batch")
+
+
+@split_batches.register
+def _image_batches(bundle: DataBundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
+                   ) -> SplitBatches:
     transform = dynamic_binarize if bundle.dynamic else None
     train = TensorBatches(
         bundle.train,
@@ -124,9 +151,41 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         if test_x is not None and len(test_x)
         else None
     )
-    if not bundle.dynamic:
-        model.check_data(bundle.train)
-    return Prepared(cfg, model, spec, bundle, train, valid, test, test_labels, device)
+    check = None if bundle.dynamic else bundle.train
+    return SplitBatches(train, valid, test, bundle.valid_labels, test_labels, check)
+
+
+@split_batches.register
+def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
+                      ) -> SplitBatches:
+    pad, ebs = bundle.pad_id, cfg.eval.batch_size
+    train = SequenceBatches(bundle.train, cfg.train.batch_size, pad_id=pad, shuffle=True, seed=cfg.train.seed,
+                            device=device, rank=rank, world=world)
+    valid = (
+        SequenceBatches(bundle.valid, ebs, pad_id=pad, shuffle=False, device=device, rank=rank, world=world)
+        if bundle.valid is not None and len(bundle.valid) >= world
+        else None
+    )
+    test_seqs = bundle.test
+    if test_seqs is not None and cfg.eval.max_examples and cfg.eval.max_examples < len(test_seqs):
+        test_seqs = test_seqs.subset(torch.arange(cfg.eval.max_examples))
+    test = (
+        SequenceBatches(test_seqs, ebs, pad_id=pad, shuffle=False, device=device)
+        if test_seqs is not None and len(test_seqs)
+        else None
+    )
+    return SplitBatches(train, valid, test)
+
+
+def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
+    bundle = load_dataset(cfg.data)
+    spec = bundle.spec
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, spec).to(device)
+    b = split_batches(bundle, cfg, device, rank=rank, world=world)
+    if b.check is not None:
+        model.check_data(b.check)
+    return Prepared(cfg, model, spec, bundle, b.train, b.valid, b.test, b.test_labels, device, b.valid_labels)
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
@@ -279,6 +338,7 @@ def evaluate_run(
     """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
     sections and the evaluation -> sections.json."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
+    from vaelab.evaluation.units import example_counts, negative_elbo_per_example, units
 
     run_dir = Path(run_dir)
     model, cfg, used = load_run_model(run_dir, device, which)
@@ -302,6 +362,17 @@ def evaluate_run(
             model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
         )
         result.update(ll.as_dict())
+    # the likelihood in the units of the data kind (bits/dim, perplexity per token, ...): from the
+    # importance-sampled log p(x) where there is one, else from the loss's per-example -ELBO
+    fitted = None
+    if isinstance(model, LatentVariableModel):
+        counts = torch.cat([example_counts(b) for b in batches.epoch(0)])
+        fitted = units(prep.spec.kind, -ll.log_px, counts)
+    elif "elbo" in terms:
+        fitted = units(prep.spec.kind, *negative_elbo_per_example(model, batches.epoch(0)), bound=True)
+    if fitted is not None:
+        result.update(fitted.as_dict())
+        result["units"] = fitted.describe()
     if isinstance(model, LatentVariableModel):
         from vaelab.evaluation import posterior_means
 
@@ -313,7 +384,7 @@ def evaluate_run(
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "eval.json")
-    labels = prep.test_labels if split == "test" else prep.bundle.valid_labels
+    labels = prep.test_labels if split == "test" else prep.valid_labels
     shown = list(batches.epoch(0))[: max(1, -(-_REPORT_EXAMPLES // cfg.eval.batch_size))]
     if run_version(run_dir) < 2:  # a version 1 folder becomes version 2 by gaining its sections
         write_run_file(run_dir)
@@ -394,7 +465,10 @@ def format_eval(result: dict) -> str:
         )
         if result.get("is_warning"):
             lines.append(f"warning: {result['is_warning']}")
-        lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
+        if "units" not in result:
+            lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
+    if "units" in result:
+        lines.append(f"per unit     {result['units']}")
     if "elbo" in result:
         lines.append(f"ELBO         {result['elbo']:.2f} nats")
     if "kl" in result:

@@ -33,14 +33,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vaelab.data import DATASETS, PREFIXES, data_root, data_root_source, file_status
+    from vaelab.data import PREFIXES, data_root, data_root_source, dataset_names, file_status, get_dataset
 
     root = args.root if args.root is not None else data_root()
     source = "--root" if args.root is not None else data_root_source()
     print(f"data root: {root}  (from {source})")
     rows: list[tuple[str, str, str, str]] = [("dataset", "status", "folder", "description")]
     notes: dict[str, str] = {}
-    for ds in sorted(DATASETS.values(), key=lambda d: d.name):
+    for ds in map(get_dataset, dataset_names()):
         if not ds.files:
             rows.append((ds.name, "ok, no files needed", f"({ds.note})", ds.description))
             continue
@@ -76,6 +76,7 @@ def _list(args: argparse.Namespace) -> int:
 _PREFIX_HELP = {
     "folder": "a folder of images (png/jpg/bmp/gif/webp); sub-folders become labels",
     "npy": "a .npy/.npz array (N,H,W), (N,H,W,C), (N,C,H,W) or (N,D)",
+    "text": "sentences, one per line: a folder with train/valid/test .txt, or one file (split by seed)",
 }
 
 

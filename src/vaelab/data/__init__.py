@@ -1,9 +1,10 @@
 """Datasets held in memory as tensors: a registry of loaders, verified files, clear errors.
 
 ``load_dataset(cfg)`` is the entry point: ``cfg.name`` is a registered dataset (``mnist``,
-``binarized_mnist``, ``frey``, ``digits``, ``cifar10``; see ``vaelab data list``) or the user's own
-data, ``folder:PATH`` (images) or ``npy:PATH`` (an array file). Files are read from
-:func:`data_root` and checked against their sha256 before parsing.
+``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``; see ``vaelab data list``) or the
+user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file) or ``text:PATH`` (sentences).
+Files are read from :func:`data_root` and checked against their sha256 before parsing. Images
+become a :class:`DataBundle`, text a :class:`SequenceBundle`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from . import ap, cifar10, digits, folder, frey, mnist, npy  # noqa: F401  (importing registers them)
-from .base import BINARIZE_MODES, TEST_SPLIT_SEED, DataBundle, ImageSplits, binarize, finish
+from . import ap, cifar10, digits, folder, frey, mnist, npy, ptb, text  # noqa: F401  (importing registers them)
+from .base import BINARIZE_MODES, TEST_SPLIT_SEED, Bundle, DataBundle, ImageSplits, Splits, binarize, finish
 from .download import download, download_dataset
 from .registry import (
     DATASETS,
@@ -32,18 +33,24 @@ from .registry import (
     register_dataset,
     register_prefix,
 )
+from .text import SequenceBundle, TextSplits, Vocabulary
 
 __all__ = [
     "BINARIZE_MODES",
     "DATASETS",
     "PREFIXES",
     "TEST_SPLIT_SEED",
+    "Bundle",
     "DataBundle",
     "DataFile",
     "Dataset",
     "FileStatus",
     "ImageSplits",
+    "SequenceBundle",
     "Source",
+    "Splits",
+    "TextSplits",
+    "Vocabulary",
     "binarize",
     "data_root",
     "data_root_source",
@@ -60,12 +67,13 @@ __all__ = [
 ]
 
 
-def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool = True) -> DataBundle:
+def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool = True) -> Bundle:
     """Load ``cfg.name`` into memory, split, limited and binarized as ``cfg`` says.
 
     root: the data root (default :func:`data_root`: ``$VAELAB_DATA`` or the per-user cache).
     verify: check each file's sha256 (once per process); the parsers check formats regardless.
-    Returns a :class:`DataBundle` of float32 (N, C, H, W) tensors in [0, 1].
+    Returns a :class:`DataBundle` of float32 (N, C, H, W) tensors in [0, 1] for images, a
+    :class:`SequenceBundle` of token ids for text (whatever the loader's ``Splits.finish`` makes).
     """
     cfg.validate("data")
     prefix, sep, path = cfg.name.partition(":")
@@ -80,4 +88,4 @@ def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool =
         splits = ds.loader(
             ds, Path(root).expanduser().absolute() if root is not None else data_root(), cfg, verify
         )
-    return finish(cfg.name, splits, cfg)
+    return splits.finish(cfg.name, cfg)

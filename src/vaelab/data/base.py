@@ -13,14 +13,14 @@ channels first). :func:`finish` then, the same way for every dataset:
 
 Binarization (``data.binarize``):
 
-- ``dynamic``: the grey levels are returned unchanged with ``spec.kind == "binary"``; the batcher
+- ``dynamic``: the grey levels are returned unchanged with ``spec.values == "binary"``; the batcher
   draws x ~ Bernoulli(pixel) afresh for every batch (Salakhutdinov & Murray 2008's protocol).
   Evaluate on a fixed draw: ``binarize(bundle.test, "fixed", seed)``.
 - ``fixed``: one draw x ~ Bernoulli(pixel) per split, made once at load time with a
   ``torch.Generator`` seeded from ``(split_seed, split)``; the test set is thus binarized once
   with a fixed seed and is the same in every run with the same ``split_seed``.
 - ``threshold``: x > 0.5.
-- ``none``: grey levels, ``spec.kind == "continuous"``.
+- ``none``: grey levels, ``spec.values == "continuous"``.
 
 Datasets that are binary as stored (Larochelle & Murray's binarized MNIST) are ``binary`` whatever
 the setting, and are never redrawn.
@@ -28,6 +28,7 @@ the setting, and are never redrawn.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,8 @@ from vaelab.errors import VaelabError
 from vaelab.spec import DataSpec
 
 __all__ = [
+    "Bundle",
+    "Splits",
     "DataBundle",
     "ImageSplits",
     "binarize",
@@ -54,16 +57,42 @@ TEST_SPLIT_SEED = 0
 _SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
 
 
+class Bundle(ABC):
+    """A dataset held in memory: ``spec`` and ``name`` (attributes), its splits by name.
+    :class:`DataBundle` holds images, :class:`vaelab.data.text.SequenceBundle` token sequences."""
+
+    spec: DataSpec
+    name: str
+
+    @abstractmethod
+    def split(self, which: str) -> tuple:
+        """``(examples, labels)`` of ``"train"``, ``"valid"`` or ``"test"``; either is None when
+        the split is empty or has no labels."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """One line: name, kind, shape and split sizes, e.g. for logs."""
+
+
+class Splits(ABC):
+    """What a dataset's loader returns: its examples as parsed from the files, before splitting."""
+
+    @abstractmethod
+    def finish(self, name: str, cfg: DataConfig) -> Bundle:
+        """Carve the missing splits, apply ``cfg``, and hold the result in memory."""
+
+
 @dataclass
-class DataBundle:
+class DataBundle(Bundle):
     """A dataset held in memory, ready to be sliced into batches by index.
 
     train / valid / test: float32 tensors (N, C, H, W) with values in [0, 1]; ``valid`` and ``test``
-        are None when that split is empty. With ``spec.kind == "binary"`` the values are either
+        are None when that split is empty. With ``spec.values == "binary"`` the values are either
         already in {0, 1} (``fixed``, ``threshold``, binarized MNIST) or grey levels that the
         batcher turns into Bernoulli draws (``dynamic``).
     train_labels / valid_labels / test_labels: int64 tensors (N,), or None without labels.
-    spec: the event shape (C, H, W), the kind (``binary`` / ``continuous``) and ``n_classes``.
+    spec: the event shape (C, H, W), ``kind == "images"``, the values (``binary`` /
+        ``continuous``) and ``n_classes``.
     name: the dataset's name as given in ``data.name``.
     class_names: one name per label value (may be empty).
     dynamic: True when the batcher must draw x ~ Bernoulli(pixel) for every batch
@@ -103,11 +132,11 @@ class DataBundle:
         sizes = ", ".join(
             f"{s} {0 if x is None else len(x)}" for s in _SPLIT_INDEX for x in [getattr(self, s)]
         )
-        return f"{self.name}: {self.spec.kind} {tuple(self.spec.shape)}, {sizes}"
+        return f"{self.name}: {self.spec.values} {tuple(self.spec.shape)}, {sizes}"
 
 
 @dataclass
-class ImageSplits:
+class ImageSplits(Splits):
     """Images as parsed from the files, before :func:`finish`.
 
     Arrays are (N, C, H, W), either integers from 0 to ``max_value`` (divided by ``max_value`` in
@@ -128,6 +157,9 @@ class ImageSplits:
     max_value: float = 255.0
     n_classes: int = 0
     class_names: list[str] = field(default_factory=list)
+
+    def finish(self, name: str, cfg: DataConfig) -> DataBundle:
+        return finish(name, self, cfg)
 
 
 def split_count(size: float, n: int, what: str) -> int:
@@ -212,14 +244,16 @@ def finish(name: str, s: ImageSplits, cfg: DataConfig) -> DataBundle:
             continue
         t = _to_tensor(x, s.max_value)
         out[split] = t if s.binary else binarize(t, mode, cfg.split_seed, split)
-    kind = "binary" if s.binary or mode != "none" else "continuous"
+    values = "binary" if s.binary or mode != "none" else "continuous"
     n_classes = s.n_classes or (len(s.class_names) if s.class_names else 0)
     assert out["train"] is not None
     return DataBundle(
         train=out["train"],
         valid=out["valid"],
         test=out["test"],
-        spec=DataSpec(shape=tuple(int(d) for d in train.shape[1:]), kind=kind, n_classes=n_classes),
+        spec=DataSpec(
+            shape=tuple(int(d) for d in train.shape[1:]), kind="images", values=values, n_classes=n_classes
+        ),
         name=name,
         train_labels=_labels(train_y),
         valid_labels=_labels(valid_y) if out["valid"] is not None else None,

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaelab import plugins
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from .base import ImageSplits
+from .base import Splits
 
 __all__ = [
     "DataFile",
@@ -96,9 +97,9 @@ class DataFile:
 class Dataset:
     """A registered dataset.
 
-    loader: ``loader(dataset, root, cfg, verify) -> ImageSplits``, reading its files with
-        :func:`read_file` (which checks sha256 unless ``verify`` is False);
-        :func:`vaelab.data.load_dataset` turns the result into a DataBundle.
+    loader: ``loader(dataset, root, cfg, verify) -> Splits`` (``ImageSplits``, ``TextSplits``),
+        reading its files with :func:`read_file` (which checks sha256 unless ``verify`` is False);
+        :func:`vaelab.data.load_dataset` turns the result into a Bundle (``splits.finish``).
     folder: the sub-folder of the data root holding ``files`` (empty when ``files`` is empty).
     note: shown by ``vaelab data list`` where the dataset needs no files.
     """
@@ -107,12 +108,12 @@ class Dataset:
     description: str
     folder: str
     files: tuple[DataFile, ...]
-    loader: Callable[[Dataset, Path, DataConfig, bool], ImageSplits]
+    loader: Callable[[Dataset, Path, DataConfig, bool], Splits]
     note: str = ""
 
 
 DATASETS: dict[str, Dataset] = {}
-PREFIXES: dict[str, Callable[[str, DataConfig], ImageSplits]] = {}
+PREFIXES: dict[str, Callable[[str, DataConfig], Splits]] = {}
 
 
 def register_dataset(dataset: Dataset) -> Dataset:
@@ -123,24 +124,43 @@ def register_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def register_prefix(prefix: str, loader: Callable[[str, DataConfig], ImageSplits]) -> None:
+def register_prefix(prefix: str, loader: Callable[[str, DataConfig], Splits]) -> None:
     """Register ``loader(path, cfg)`` for data names ``PREFIX:PATH`` (the user's own data)."""
     if prefix in PREFIXES:
         raise RuntimeError(f"data prefix {prefix!r} registered twice")
     PREFIXES[prefix] = loader
 
 
+def _register_plugin(name: str, dataset: Dataset) -> None:
+    if dataset.name != name or DATASETS.get(name, dataset) is not dataset:
+        ep = plugins.declared(plugins.DATASETS_GROUP)[name]
+        raise VaelabError(
+            f"{plugins.describe(ep)} names dataset {dataset.name!r}, which is taken or not its entry "
+            "point's name; give the entry point and the Dataset one unused name"
+        )
+    DATASETS[name] = dataset
+
+
 def dataset_names() -> list[str]:
-    """Registered dataset names, sorted."""
+    """Every dataset name, sorted: registered ones and those declared by ``vaelab.datasets`` entry
+    points (imported now; see :mod:`vaelab.plugins`)."""
+    for name, ds in plugins.load_all(plugins.DATASETS_GROUP, Dataset, "instance", skip=set(DATASETS)).items():
+        _register_plugin(name, ds)  # type: ignore[arg-type]
     return sorted(DATASETS)
 
 
 def get_dataset(name: str) -> Dataset:
-    """The registered dataset ``name``; unknown names raise a VaelabError listing the known ones."""
+    """The dataset ``name``: registered, else loaded from its ``vaelab.datasets`` entry point.
+    Unknown names raise a VaelabError listing the known ones."""
+    if name not in DATASETS:
+        ds = plugins.load(plugins.DATASETS_GROUP, name, Dataset, "instance")
+        if ds is not None:
+            _register_plugin(name, ds)  # type: ignore[arg-type]
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join([*dataset_names(), *(f"{p}:PATH" for p in sorted(PREFIXES))])
+        declared = set(DATASETS) | set(plugins.declared(plugins.DATASETS_GROUP))
+        known = ", ".join([*sorted(declared), *(f"{p}:PATH" for p in sorted(PREFIXES))])
         raise VaelabError(
             f"unknown dataset {name!r}; known datasets: {known} (see `vaelab data list`)"
         ) from None

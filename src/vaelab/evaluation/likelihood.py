@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vaelab.tokens import TokenBatch
+
 __all__ = [
     "LikelihoodResult",
     "importance_sampled_log_likelihood",
@@ -114,12 +116,15 @@ class LikelihoodResult:
 
 
 @torch.no_grad()
-def streaming_log_likelihood(log_weight_fn, x: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+def streaming_log_likelihood(
+    log_weight_fn, x: Tensor | TokenBatch, k: int, chunk: int
+) -> tuple[Tensor, Tensor]:
     """log p(x) and ESS from ``log_weight_fn(x, s) -> (s, B)`` called in chunks of s <= chunk samples.
 
+    x: a batch of B examples (a tensor (B, ...) or a :class:`~vaelab.tokens.TokenBatch`).
     Returns (log_px (B,), ess (B,)). Memory is that of one chunk.
     """
-    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    lse = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
     lse2 = lse.clone()
     done = 0
     while done < k:
@@ -134,7 +139,7 @@ def streaming_log_likelihood(log_weight_fn, x: Tensor, k: int, chunk: int) -> tu
 @torch.no_grad()
 def importance_sampled_log_likelihood(
     model,
-    batches: Iterable[Tensor],
+    batches: Iterable[Tensor | TokenBatch],
     k: int = 5000,
     *,
     max_elements: int = 1 << 20,
@@ -142,7 +147,9 @@ def importance_sampled_log_likelihood(
 ) -> LikelihoodResult:
     """Estimate log p(x) for every example in ``batches`` with K importance samples each.
 
-    ``model`` provides ``log_importance_weights(x, s) -> (s, B)`` and ``spec.n_dims``.
+    ``model`` provides ``log_importance_weights(x, s) -> (s, B)`` and ``spec.n_dims``. A batch is a
+    tensor (B, ...) or a :class:`~vaelab.tokens.TokenBatch` (for which ``spec.n_dims``, the longest
+    sequence, bounds the tokens per example); both split along the batch with ``split``.
 
     Chunking, which sets the speed: one call of ``log_importance_weights`` sees ``b`` images and
     ``s`` samples with ``s * b * D`` about ``max_elements`` (default 2^20: 4 MB of decoder output).
@@ -167,7 +174,7 @@ def importance_sampled_log_likelihood(
     images = max(1, per_call // min(k, 128))
     for x in iterator:
         for xs in x.split(images):
-            s = max(1, min(k, per_call // xs.shape[0]))
+            s = max(1, min(k, per_call // len(xs)))
             s = -(-k // -(-k // s))  # equal chunks: ceil(k / number of chunks)
             lp, ess = streaming_log_likelihood(model.log_importance_weights, xs, k, s)
             out_lp.append(lp.cpu())

@@ -19,7 +19,7 @@ def loss_term_sums(model: nn.Module, batches: Iterable) -> tuple[dict[str, Tenso
     count = 0
     try:
         for batch in batches:
-            n = batch.shape[0] if hasattr(batch, "shape") else len(batch)
+            n = len(batch)  # examples in the batch: rows of a tensor, sequences of a TokenBatch
             for k, v in model(batch).scalars().items():
                 sums[k] = sums[k] + v * n if k in sums else v * n
             count += n

@@ -14,6 +14,7 @@ from vaelab.models.base import (
     Sampling,
     build_model,
     model_class,
+    model_names,
     register_model,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "Sampling",
     "build_model",
     "model_class",
+    "model_names",
     "register_model",
 ]

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from vaelab import plugins
 from vaelab.errors import VaelabError
 from vaelab.sections import Section
 from vaelab.spec import DataSpec
@@ -46,6 +47,7 @@ __all__ = [
     "MODELS",
     "register_model",
     "model_class",
+    "model_names",
     "build_model",
 ]
 
@@ -245,6 +247,8 @@ class AutoregressivePrior(ABC):
 
 
 MODELS: dict[str, type[Model]] = {}
+"""Families registered so far: vaelab's own when ``vaelab.models`` is imported, plugins (the
+``vaelab.models`` entry point, see :mod:`vaelab.plugins`) when first looked up or listed."""
 
 
 def register_model(name: str):
@@ -260,11 +264,34 @@ def register_model(name: str):
     return register
 
 
+def _register_plugin(name: str, cls: type[Model]) -> None:
+    if MODELS.get(name, cls) is not cls:
+        ep = plugins.declared(plugins.MODELS_GROUP)[name]
+        raise VaelabError(
+            f"{plugins.describe(ep)} names a model already registered by {MODELS[name].__module__}; "
+            "rename one of the two entry points"
+        )
+    register_model(name)(cls)
+
+
+def model_names() -> list[str]:
+    """Every model family: registered ones and those declared by entry points (imported now)."""
+    for name, cls in plugins.load_all(plugins.MODELS_GROUP, Model, skip=set(MODELS)).items():
+        _register_plugin(name, cls)
+    return sorted(MODELS)
+
+
 def model_class(name: str) -> type[Model]:
+    """The family ``name``: registered, else loaded from its ``vaelab.models`` entry point."""
+    if name not in MODELS:
+        cls = plugins.load(plugins.MODELS_GROUP, name, Model)
+        if cls is not None:
+            _register_plugin(name, cls)
     try:
         return MODELS[name]
     except KeyError:
-        raise VaelabError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}") from None
+        known = sorted(set(MODELS) | set(plugins.declared(plugins.MODELS_GROUP)))
+        raise VaelabError(f"unknown model {name!r}; registered models: {', '.join(known)}") from None
 
 
 def build_model(config: ModelConfig, spec: DataSpec) -> Model:

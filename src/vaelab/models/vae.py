@@ -83,7 +83,7 @@ class VAEConfig(ModelConfig):
 @register_model("vae")
 class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
     Config = VAEConfig
-    data_kinds = frozenset({"binary", "continuous"})  # images or vectors
+    data_kinds = frozenset({"images"})  # images or vectors (binary or continuous values)
 
     def __init__(self, config: VAEConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -56,7 +56,8 @@ def add_settings_arguments(p: argparse.ArgumentParser, example: str) -> None:
         action=_Override,
         metavar="KEY=VALUE",
         default=None,
-        help="override a setting, e.g. --set train.seed=1 (repeatable; values are TOML: 0.5, [1,2], true)",
+        help="override a setting by its dotted key, as listed in the command's config.json "
+        "(repeatable; values are TOML: 0.5, [1,2], true)",
     )
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "evaluation_section",
     "section_kind",
     "write_sections",
+    "write_atomic",
     "read_sections",
     "wav_bytes",
 ]
@@ -276,13 +277,15 @@ def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename: a reader never
+    sees a half-written file, and an interrupted write leaves the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -316,13 +319,13 @@ def _entry(run: Path, s: Section) -> dict[str, Any]:
             arrays[f.name] = v
         elif isinstance(v, bytes):
             rel = f"{_DIR}/{s.name}.{f.name}.{_file_ext(v)}"
-            _write_atomic(run / rel, v)
+            write_atomic(run / rel, v)
             files[f.name] = rel
         elif isinstance(v, list) and v and all(isinstance(b, bytes) for b in v):
             rels = []
             for i, b in enumerate(v):
                 rel = f"{_DIR}/{s.name}.{f.name}{i:03d}.{_file_ext(b)}"
-                _write_atomic(run / rel, b)
+                write_atomic(run / rel, b)
                 rels.append(rel)
             files[f.name] = rels
         elif v is not None:
@@ -331,7 +334,7 @@ def _entry(run: Path, s: Section) -> dict[str, Any]:
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         rel = f"{_DIR}/{s.name}.npz"
-        _write_atomic(run / rel, buf.getvalue())
+        write_atomic(run / rel, buf.getvalue())
         entry["arrays"] = rel
     if files:
         entry["files"] = files
@@ -387,7 +390,7 @@ def write_sections(run_dir: str | Path, sections: Sequence[Section]) -> Path:
             entries.append(e)
     doc = {"format": _FORMAT, "version": MANIFEST_VERSION, "sections": entries}
     path = run / MANIFEST
-    _write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
     return path
 
 

@@ -12,13 +12,13 @@ import hashlib
 import html
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vaelab.sections import write_atomic
 
 __all__ = [
     "Section",
@@ -155,27 +155,13 @@ def render_page(title: str, sections: Sequence[Section], subtitle: str = "") -> 
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_page(path: str | Path, title: str, sections: Sequence[Section], subtitle: str = "") -> Path:
     """Write the page atomically (a temp file in the same folder, then rename) and return its path.
 
     A reader never sees a half-written page, and an interrupted write leaves the previous one intact.
     """
     path = Path(path)
-    _write_atomic(path, render_page(title, sections, subtitle).encode("utf-8"))
+    write_atomic(path, render_page(title, sections, subtitle).encode("utf-8"))
     return path
 
 
@@ -196,10 +182,10 @@ def write_run_page(run: str | Path, title: str, sections: Sequence[Section], sub
             rel = saved.get(hashlib.sha256(png).digest())
             if rel is None:
                 rel = f"figures/page/section{i:02d}_{j:02d}.{(image_mime(png) or 'image/png').split('/')[-1]}"
-                _write_atomic(run / rel, png)
+                write_atomic(run / rel, png)
             figures.append({"file": rel, "caption": caption})
         spec["sections"].append({"title": s.title, "body": s.body, "figures": figures})
-    _write_atomic(run / PAGE_SOURCE, (json.dumps(spec, indent=1) + "\n").encode("utf-8"))
+    write_atomic(run / PAGE_SOURCE, (json.dumps(spec, indent=1) + "\n").encode("utf-8"))
     return write_page(run / "report.html", title, sections, subtitle)
 
 

@@ -73,6 +73,21 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "time"} for r in b]
 
 
+def test_eval_seed_sets_the_evaluation_seed(smoke_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+
+    def log_px(seed):
+        assert main(["eval", str(run), "--seed", str(seed), "--max-examples", "40", "--quiet"]) == 0
+        return json.loads((run / "eval.json").read_text())["log_px"]
+
+    a = log_px(1)
+    assert log_px(1) == a
+    assert log_px(2) != a
+
+
 def test_resume_through_the_cli(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]) == 0

@@ -334,9 +334,11 @@ def evaluate_run(
     max_examples: int | None = None,
     progress: bool | None = None,
     which: str = "best",
+    seed: int | None = None,
 ) -> dict:
     """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
-    sections and the evaluation -> sections.json."""
+    sections and the evaluation -> sections.json. ``k``, ``max_examples`` and ``seed`` replace the
+    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
     from vaelab.evaluation.units import example_counts, negative_elbo_per_example, units
 
@@ -346,6 +348,8 @@ def evaluate_run(
         cfg.eval.is_samples = k
     if max_examples is not None:
         cfg.eval.max_examples = max_examples
+    if seed is not None:
+        cfg.eval.seed = seed
     prep = prepare(cfg, device)
     prep.model = model
     split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)

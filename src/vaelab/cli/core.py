@@ -174,14 +174,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "evaluate a run: test ELBO, IS log p(x) ± s.e., bits/dim, KL, active units", _eval_args)
 def eval_cmd(args: argparse.Namespace) -> int:
-    import torch
-
     from vaelab.experiment import evaluate_run, format_eval, resolve_device
 
     if args.is_samples is not None and args.is_samples < 1:
         raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     result = evaluate_run(
         args.run,
         resolve_device(args.device),
@@ -189,6 +185,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         max_examples=args.max_examples,
         progress=args.progress,
         which=args.checkpoint,
+        seed=args.seed,
     )
     print(format_eval(result))
     print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")

@@ -51,6 +51,7 @@ def test_train_eval_sample_report(smoke_run, capsys):
     assert {r["split"] for r in rows} == {"train", "valid"}
     ev = json.loads((out / "eval.json").read_text())
     assert ev["log_px"] < 0 and ev["is_samples"] == 20 and ev["log_px"] >= ev["elbo"] - 1.0
+    assert ev["n_dims"] == 64 and ev["bits_per_dim"] == pytest.approx(-ev["log_px"] / (64 * np.log(2)))
     assert main(["eval", str(out), "--is-samples", "50", "--quiet"]) == 0
     assert "IS log p(x)" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["is_samples"] == 50

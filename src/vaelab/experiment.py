@@ -384,7 +384,8 @@ def evaluate_run(
         result["active_units"], _ = active_units(codes)
         result["latent_dim"] = codes.shape[1]
     result["seconds"] = time.perf_counter() - t0
-    result["n_dims"] = prep.spec.n_dims
+    if prep.spec.kind == "images":  # for tokens the spec's shape is the longest sentence, no dimension
+        result["n_dims"] = prep.spec.n_dims
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "eval.json")
@@ -469,8 +470,6 @@ def format_eval(result: dict) -> str:
         )
         if result.get("is_warning"):
             lines.append(f"warning: {result['is_warning']}")
-        if "units" not in result:
-            lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "units" in result:
         lines.append(f"per unit     {result['units']}")
     if "elbo" in result:

@@ -359,14 +359,16 @@ def build_report(run_dir: str | Path) -> Path:
             f"{run} has no config.json, so it is not a vaelab run folder: {_TRAIN_HINT.format(run=run)}"
         )
 
-    if (run / PAGE_SOURCE).is_file():  # a page made by vaelab kl / lda / ising: its own source
+    version = run_version(run)  # a folder newer than this vaelab is refused in one line
+    if version < 2 and (run / PAGE_SOURCE).is_file():
+        # a page made by vaelab kl / lda / ising before their folders had sections: its own source
+        # (a version 2 folder is drawn from its sections; a report.json left in it is stale)
         return rebuild_run_page(run)
     config_note = ""
     try:
         config = _read_json(run / "config.json")
     except (OSError, ValueError) as e:
         config, config_note = None, f"config.json could not be read: {e}"
-    version = run_version(run)  # a folder newer than this vaelab is refused in one line
     if version < 2 and isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
         # a folder of vaelab kl / lda / ising from before pages kept their source: leave its page
         raise VaelabError(

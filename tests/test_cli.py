@@ -102,6 +102,32 @@ def test_resume_through_the_cli(tmp_path, capsys):
     assert state["epoch"] == 2.0
 
 
+def test_train_records_the_given_command_and_resuming_a_version_1_folder_keeps_it_version_1(tmp_path):
+    from vaelab.runfolder import command_line
+
+    out = tmp_path / "r"
+    argv = ["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]
+    assert main(argv) == 0
+    assert (out / "command.txt").read_text() == command_line(argv) + "\n"
+    cfg = (out / "config.json").read_text()
+    assert cfg == json.dumps(json.loads(cfg), indent=2, sort_keys=True) + "\n"  # as dump_json writes it
+    # a folder from before run.json (version 1): resuming it must not claim version 2, whose report
+    # would look for sections.json and hide the folder's figures; vaelab eval upgrades it
+    (out / "run.json").unlink()
+    again = ["train", "--resume", "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=2"]
+    assert main(again) == 0
+    assert not (out / "run.json").exists()
+    assert (out / "command.txt").read_text().splitlines() == [command_line(argv), command_line(again)]
+
+
+def test_train_into_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "run"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write the run folder") and "Traceback" not in "\n".join(err)
+
+
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 0

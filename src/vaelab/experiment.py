@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from functools import singledispatch
@@ -35,7 +33,14 @@ from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
-from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
+from vaelab.runfolder import (
+    RUN_VERSION,
+    check_parent,
+    checkpoint_sha256,
+    run_version,
+    start_run_folder,
+    write_run_file,
+)
 from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
@@ -188,15 +193,6 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
     return Prepared(cfg, model, spec, bundle, b.train, b.valid, b.test, b.test_labels, device, b.valid_labels)
 
 
-def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_file(run_dir)
-    (run_dir / "config.json").write_text(dump_json(cfg) + "\n", encoding="utf-8")
-    cmd = " ".join(shlex.quote(a) for a in ["vaelab", *sys.argv[1:]]) if sys.argv else "vaelab"
-    with open(run_dir / "command.txt", "a", encoding="utf-8") as fh:
-        fh.write(cmd + "\n")
-
-
 def run_meta(cfg: RunConfig, spec: DataSpec) -> dict:
     return {
         "model": json.loads(dump_json(cfg))["model"],
@@ -213,8 +209,13 @@ def train_run(
     resume: bool = False,
     progress: bool | None = None,
     extra_callbacks: list[Callback] | None = None,
+    command: str | None = None,
 ) -> tuple[Trainer, Prepared]:
-    """Train ``cfg`` into ``run_dir``. With ``resume`` continue from its latest checkpoint."""
+    """Train ``cfg`` into ``run_dir``. With ``resume`` continue from its latest checkpoint.
+
+    ``command``: the line recorded in ``command.txt`` (``runfolder.command_line``; default this
+    process's arguments). A resumed version 1 folder (no ``run.json``) stays version 1 until
+    ``evaluate_run`` gives it its sections."""
     import torch.distributed as dist
 
     run_dir = Path(run_dir)
@@ -227,12 +228,12 @@ def train_run(
         )
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
-    if resume:
-        run_version(run_dir)
+    version = run_version(run_dir) if resume else RUN_VERSION
     _link_parent(cfg, run_dir)
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
-        _write_run_files(run_dir, cfg)
+        # config.json as dump_json writes it (keys sorted)
+        start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)
     callbacks: list[Callback] = [
         ProgressBar(progress),
         JsonlLogger(run_dir / "metrics.jsonl"),

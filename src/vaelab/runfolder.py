@@ -149,9 +149,12 @@ def command_line(argv: Iterable[str] | None = None) -> str:
     return " ".join(shlex.quote(a) for a in ["vaelab", *args])
 
 
-def start_run_folder(run_dir: str | Path, config: Any, command: str | None = None) -> Path:
-    """Create ``run_dir``; write ``config.json`` (the dataclass ``config`` in full), ``command.txt``
-    (appended) and ``run.json``. An unwritable folder is a one-line VaelabError."""
+def start_run_folder(
+    run_dir: str | Path, config: Any, command: str | None = None, *, version_file: bool = True
+) -> Path:
+    """Create ``run_dir``; write ``config.json`` (the dataclass or mapping ``config`` in full),
+    ``command.txt`` (appended) and, with ``version_file``, ``run.json`` (a resumed version 1 folder
+    keeps none until it is evaluated). An unwritable folder is a one-line VaelabError."""
     run = Path(run_dir)
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,8 @@ def start_run_folder(run_dir: str | Path, config: Any, command: str | None = Non
         (run / "config.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         with open(run / "command.txt", "a", encoding="utf-8") as fh:
             fh.write((command or command_line()) + "\n")
-        write_run_file(run)
+        if version_file:
+            write_run_file(run)
     except OSError as exc:
         raise VaelabError(
             f"cannot write the run folder {run}: {exc.strerror or exc}; pass a writable --out"

@@ -273,19 +273,6 @@ def _link_parent(cfg: RunConfig, run_dir: Path) -> None:
         cfg.parent.sha256 = checkpoint_sha256(cfg.parent.run)
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    p = Path(run_dir)
-    f = p / "config.json"
-    if not f.is_file():
-        ck = ckpt.resolve_checkpoint(p)
-        meta = json.loads((ck / "state.json").read_text(encoding="utf-8"))
-        return config_from_dict(meta["config"])
-    try:
-        return config_from_dict(json.loads(f.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise VaelabError(f"{f} is not valid JSON ({exc}); restore it or retrain") from None
-
-
 def load_run_model(
     run_dir: str | Path, device: torch.device, which: str = "best"
 ) -> tuple[Model, RunConfig, Path]:

@@ -61,9 +61,6 @@ FIGURE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _MAX_EMBED_BYTES = 20 * 2**20  # an extra image larger than this is left out (the page would be unwieldy)
 _BAD_INPUT = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _TRAIN_HINT = "train a run first with `vaelab train CONFIG.toml --out {run}`"
-_num = format_value
-_duration = duration
-_with_stderr = with_stderr
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -165,21 +162,21 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
             ("kl", "KL", ["nats", *split]),
         ):
             if key in ev:
-                table.append((f"{label} ({', '.join(facts)})" if facts else label, _with_stderr(ev, key)))
+                table.append((f"{label} ({', '.join(facts)})" if facts else label, with_stderr(ev, key)))
         if "active_units" in ev:
             of = f" / {ev['latent_dim']}" if "latent_dim" in ev else ""
             table.append(("Active units", f"{ev['active_units']}{of}"))
     last = rows[-1] if rows else {}
     if "step" in last:
-        table.append(("Steps", _num(last["step"])))
+        table.append(("Steps", format_value(last["step"])))
     if isinstance(last.get("epoch"), (int, float)):
         table.append(("Epochs", f"{last['epoch']:.2f}".rstrip("0").rstrip(".")))
     if isinstance(last.get("time"), (int, float)):
-        table.append(("Training time", _duration(float(last["time"]))))
+        table.append(("Training time", duration(float(last["time"]))))
     valid = [r for r in rows if r.get("split") == "valid" and isinstance(r.get("elbo"), (int, float))]
     if valid:
-        table.append(("Last validation ELBO (nats)", _num(valid[-1]["elbo"], "elbo")))
-        table.append(("Best validation ELBO (nats)", _num(max(r["elbo"] for r in valid), "elbo")))
+        table.append(("Last validation ELBO (nats)", format_value(valid[-1]["elbo"], "elbo")))
+        table.append(("Best validation ELBO (nats)", format_value(max(r["elbo"] for r in valid), "elbo")))
     body = table_html(("Quantity", "Value"), table, cls="kv") if table else ""
     notes = [ev_note] if ev is None and ev_note else []
     if ev is not None and ev.get("is_warning"):

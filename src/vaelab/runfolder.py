@@ -27,7 +27,6 @@ in ``parent.run``; when it starts, the sha256 of the parent checkpoint's weights
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab._version import __version__
+from vaelab.checksums import sha256_file
 from vaelab.errors import VaelabError
 
 __all__ = [
@@ -121,11 +121,7 @@ def parent_checkpoint(parent_run: str | Path) -> Path:
 
 def checkpoint_sha256(parent_run: str | Path) -> str:
     """sha256 (hex) of the parent run's checkpoint weights (:func:`parent_checkpoint`)."""
-    h = hashlib.sha256()
-    with open(parent_checkpoint(parent_run), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(parent_checkpoint(parent_run))
 
 
 def check_parent(child: str | Path, parent_run: str, recorded: str) -> None:

@@ -608,6 +608,18 @@ def test_a_version_2_folder_is_drawn_from_its_sections_not_a_stale_page_source(t
     assert ">Held-out</h2>" in page and "Stale table" not in page
 
 
+def test_load_arrays_checks_required_keys_and_keeps_the_asked_ones(tmp_path: Path) -> None:
+    path = tmp_path / "a.npz"
+    np.savez(path, codes=np.zeros(3), labels=np.ones(3), extra=np.arange(2))
+    assert set(sec.load_arrays(path)) == {"codes", "labels", "extra"}
+    assert set(sec.load_arrays(path, ("codes",), ("labels", "missing"))) == {"codes", "labels"}
+    with pytest.raises(ValueError, match=r"missing array\(s\) images \(has: codes, labels, extra\)"):
+        sec.load_arrays(path, ("images",))
+    np.save(tmp_path / "b.npy", np.zeros(2))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        sec.load_arrays(tmp_path / "b.npy")
+
+
 def test_curves_and_heatmap_of_the_wrong_shape_become_notes() -> None:
     from vaelab.report.render import render_section
 

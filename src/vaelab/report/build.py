@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vaelab import sections as sec
 from vaelab.errors import VaelabError
 from vaelab.report import plots
@@ -107,23 +105,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds a JSON {type(data).__name__}, not an object")
     return data
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a known figure file, checked for its required keys. Never unpickles."""
-    required, optional = FIGURE_FILES[path.name]
-    # Open the file ourselves: np.load leaks its own handle when the archive turns out to be corrupt.
-    with open(path, "rb") as fh:
-        f = np.load(fh, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with f:
-            missing = [k for k in required if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"missing array(s) {', '.join(missing)} (has: {', '.join(f.files) or 'none'})"
-                )
-            return {k: f[k] for k in (*required, *optional) if k in f.files}
 
 
 # -------------------------------------------------------------------------------------------- sections
@@ -208,7 +189,7 @@ def _legacy_figure(run: Path, file: str, name: str, title: str, caption: str) ->
     if not path.is_file():
         return None
     try:
-        a = _load_npz(path)
+        a = sec.load_arrays(path, *FIGURE_FILES[file])
     except _BAD_INPUT as e:
         return sec.UnreadableSection(name=name, title=title, reason=f"figures/{file}: {e}")
     cls = {"reconstructions": sec.ReconstructionsSection, "samples": sec.ImagesSection,

@@ -1,8 +1,8 @@
 """The training loop: small, generic, and ignorant of what is being trained.
 
 It sees a model whose ``forward(batch)`` returns a ``LossOutput`` (``loss`` plus named per-example
-terms) and whose ``train_step`` it sets before every step, an iterable of batches, and a
-``TrainConfig``. Schedules are pure functions of the step;
+terms) and whose ``train_step`` (declared on ``Model``) it sets before every step, an iterable
+of batches, and a ``TrainConfig``. Schedules are pure functions of the step;
 logging, checkpointing and early stopping are callbacks. A non-finite loss stops the run with a
 clear message and writes no checkpoint, so the last good one stays. Ctrl-C or SIGTERM finishes the
 current step, writes a resumable checkpoint and stops; a second signal stops at once.
@@ -25,6 +25,7 @@ from torch import nn
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import loss_term_sums
+from vaelab.threads import torch_threads
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.averaging import ParameterAverage, raw_weight_tensors, raw_weights
 from vaelab.train.batching import TensorBatches
@@ -107,8 +108,9 @@ class Trainer:
 
     Args:
         model: an ``nn.Module`` whose ``forward(batch)`` returns an object with a scalar ``loss``
-            and a ``scalar_vector()`` method (``vaelab.models.LossOutput``). If it has an attribute
-            ``train_step`` it is set to the global step before each step.
+            and a ``scalar_vector()`` method (``vaelab.models.LossOutput``). Its ``train_step``
+            (declared on ``vaelab.models.Model``) is set to the global step before every step, for
+            the schedules inside the loss.
         cfg: the ``[train]`` section.
         train_batches / valid_batches: ``TensorBatches`` (anything with ``epoch(e, start)`` and
             ``len``).
@@ -295,9 +297,14 @@ class Trainer:
                                 "lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=10)")
 
     def fit(self, resume: str | Path | None = None) -> Trainer:
-        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C/SIGTERM or a failure."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C/SIGTERM or a failure.
+
+        ``train.threads`` holds only while fitting: torch's thread count is restored on the way out.
+        """
+        with torch_threads(self.cfg.threads):
+            return self._fit(resume)
+
+    def _fit(self, resume: str | Path | None) -> Trainer:
         if self.average is not None:  # fit() after fit(): train the raw weights
             self.average.unswap()
         if resume is not None:

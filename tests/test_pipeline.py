@@ -64,6 +64,46 @@ def test_encode_writes_the_posterior_means_of_the_users_data(parent, tmp_path, c
     assert np.load(out).shape[0] == len(load_dataset(cfg.data).train)
 
 
+def test_encode_of_the_train_split_gives_a_dynamically_binarised_model_binary_images(parent, tmp_path):
+    out = tmp_path / "z.npy"
+    assert main(["encode", str(parent), "--data", "digits", "--split", "train", "--out", str(out)]) == 0
+    model, cfg, _ = load_run_model(parent, CPU)
+    bundle = load_dataset(cfg.data)
+    assert bundle.dynamic
+    x = bundle.eval_images("train")  # one fixed draw, as the test split is scored
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    with torch.no_grad():
+        expected = model.encode(x).mean.numpy()
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_encode_refuses_token_data_for_an_image_run_in_one_line(parent, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, text in (("train", "the cat sat\nthe dog sat\n"), ("valid", "the cat\n"), ("test", "a dog\n")):
+        (corpus / f"{split}.txt").write_text(text)
+    assert main(["encode", str(parent), "--data", f"text:{corpus}", "--out", str(tmp_path / "z.npy")]) == 2
+    _one_line_error(capsys, "holds tokens but run", "models images")
+
+
+def test_ordered_batches_keep_the_order_of_the_sequences(tmp_path):
+    from vaelab.config import DataConfig
+    from vaelab.experiment import ordered_batches
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = ["a", "b b b b", "c c", "d d d", "e"] * 3
+    (corpus / "train.txt").write_text("\n".join(lines) + "\n")
+    (corpus / "test.txt").write_text("a\n")
+    bundle = load_dataset(DataConfig(name=f"text:{corpus}", valid_size=0))
+    vocab = bundle.vocab.words
+    got = []
+    for batch in ordered_batches(bundle, "train", 4, CPU):
+        for row, n in zip(batch.tokens.tolist(), batch.lengths.tolist(), strict=True):
+            got.append(" ".join(vocab[i] for i in row[: n - 1]))  # drop <eos>
+    assert got == lines
+
+
 def test_encode_refuses_data_of_another_shape_in_one_line(parent, tmp_path, capsys):
     arr = tmp_path / "wide.npy"
     np.save(arr, np.random.default_rng(0).random((30, 5, 5)).astype(np.float32))

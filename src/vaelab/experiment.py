@@ -177,6 +177,31 @@ def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.devi
     return SplitBatches(train, valid, test)
 
 
+@singledispatch
+def ordered_batches(bundle: Bundle, split: str, batch_size: int, device: torch.device) -> Batches | None:
+    """Every example of ``split`` in the dataset's order, as the model is evaluated on it (None when
+    the split is empty): the per-example outputs of a pass line up with the dataset."""
+    raise VaelabError(f"dataset {bundle.name!r} holds {type(bundle).__name__}, which vaelab cannot batch")
+
+
+@ordered_batches.register
+def _ordered_images(bundle: DataBundle, split: str, batch_size: int, device: torch.device
+                    ) -> TensorBatches | None:
+    # dynamically binarised data (the train split too) is binarised once, with the fixed seeded draw
+    # evaluation uses: the model sees binary images, and the same ones on every call
+    x = bundle.eval_images(split)
+    return TensorBatches(x, batch_size, shuffle=False, device=device) if x is not None and len(x) else None
+
+
+@ordered_batches.register
+def _ordered_sequences(bundle: SequenceBundle, split: str, batch_size: int, device: torch.device
+                       ) -> SequenceBatches | None:
+    seqs, _ = bundle.split(split)
+    if seqs is None or not len(seqs):
+        return None
+    return SequenceBatches(seqs, batch_size, pad_id=bundle.pad_id, shuffle=False, bucket_batches=0, device=device)
+
+
 def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
     bundle = load_dataset(cfg.data)
     spec = bundle.spec
@@ -441,13 +466,20 @@ def encode_run(
     if split not in ("train", "valid", "test"):
         raise VaelabError(f"--split must be train, valid or test, got {split!r}")
     bundle = load_dataset(replace(cfg.data, name=data))
-    if tuple(bundle.spec.shape) != tuple(model.spec.shape):
-        raise VaelabError(f"{data} holds examples of shape {tuple(bundle.spec.shape)} but run {run_dir} "
-                          f"models {tuple(model.spec.shape)}; give data of the run's shape")
-    x = bundle.train if split == "train" else bundle.eval_images(split)
-    if x is None or not len(x):
+    got, want = bundle.spec, model.spec
+    if got.kind != want.kind:
+        raise VaelabError(f"{data} holds {got.kind} but run {run_dir} models {want.kind}; "
+                          f"give {want.kind} data")
+    if got.kind == "tokens" and got.extra.get("vocab") != want.extra.get("vocab"):
+        raise VaelabError(f"{data} has another vocabulary ({got.vocab_size} words) than run {run_dir} "
+                          f"({want.vocab_size}); token ids mean words only under the run's vocabulary")
+    if got.kind != "tokens" and tuple(got.shape) != tuple(want.shape):
+        raise VaelabError(f"{data} holds examples of shape {tuple(got.shape)} but run {run_dir} "
+                          f"models {tuple(want.shape)}; give data of the run's shape")
+    batches = ordered_batches(bundle, split, batch_size, device)
+    if batches is None:
         raise VaelabError(f"{data} has no {split} split; pass --split with one it has (train, valid, test)")
-    codes = torch.cat([latents(b.to(device)).cpu() for b in x.split(batch_size)])
+    codes = torch.cat([latents(b).cpu() for b in batches])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, codes.numpy())

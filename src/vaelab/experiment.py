@@ -199,7 +199,8 @@ def _ordered_sequences(bundle: SequenceBundle, split: str, batch_size: int, devi
     seqs, _ = bundle.split(split)
     if seqs is None or not len(seqs):
         return None
-    return SequenceBatches(seqs, batch_size, pad_id=bundle.pad_id, shuffle=False, bucket_batches=0, device=device)
+    return SequenceBatches(seqs, batch_size, pad_id=bundle.pad_id, shuffle=False, bucket_batches=0,
+                           device=device)
 
 
 def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:

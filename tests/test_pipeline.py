@@ -192,7 +192,7 @@ def test_a_child_run_records_its_parents_hash_and_checks_it_on_load(parent, tmp_
     child = tmp_path / "child"
     assert _child(parent, child) == 0
     recorded = json.loads((child / "config.json").read_text())["parent"]
-    assert recorded == {"run": str(parent), "sha256": checkpoint_sha256(parent)}
+    assert recorded == {"run": str(parent.resolve()), "sha256": checkpoint_sha256(parent)}
     assert len(recorded["sha256"]) == 64
     assert main(["eval", str(child), "--quiet"]) == 0
     page = (child / "report.html").read_text()
@@ -220,6 +220,60 @@ def test_a_child_run_records_its_parents_hash_and_checks_it_on_load(parent, tmp_
     finally:
         shutil.rmtree(parent)
         shutil.copytree(backup, parent)
+
+
+def _child_on_a_copy(parent: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the parent (the test may change it) and a child started on it by a relative path."""
+    own = _copy(parent, tmp_path, "own-parent")
+    monkeypatch.chdir(tmp_path)
+    child = tmp_path / "child"
+    assert _child(Path("own-parent"), child) == 0
+    return own, child
+
+
+def _retrain(parent: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = parent / "checkpoints" / "best" / "model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))
+
+
+def test_the_parent_is_recorded_absolute_and_found_from_any_directory(parent, tmp_path, monkeypatch, capsys):
+    own, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    assert json.loads((child / "config.json").read_text())["parent"]["run"] == str(own.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    load_run_model(child, CPU)
+    assert main(["report", str(child)]) == 0
+    chain = (child / "report.html").read_text().split(">Run chain</h2>")[1].split("<h2")[0]
+    assert "matches" in chain
+
+
+def test_resume_with_a_config_file_checks_the_hash_the_run_recorded(parent, tmp_path, monkeypatch, capsys):
+    """The config file's parent.sha256 is empty: resuming must not record the changed parent's hash."""
+    own, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    recorded = json.loads((child / "config.json").read_text())["parent"]["sha256"]
+    _retrain(own)
+    capsys.readouterr()
+    assert main(["train", SMOKE, "--resume", "--out", str(child), "--quiet", "--no-eval",
+                 "--set", "train.epochs=2", "--set", "parent.run=own-parent"]) == 2
+    _one_line_error(capsys, f"run {child} was started on parent", recorded[:12])
+    assert json.loads((child / "config.json").read_text())["parent"]["sha256"] == recorded
+
+
+def test_a_child_with_no_recorded_parent_hash_is_refused_on_load(parent, tmp_path, monkeypatch, capsys):
+    _, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    for state in [child / "config.json", *child.glob("checkpoints/*/state.json")]:
+        meta = json.loads(state.read_text())
+        cfg = meta.get("config", meta)
+        cfg["parent"]["sha256"] = ""
+        state.write_text(json.dumps(meta))
+    with pytest.raises(VaelabError, match="recorded no checkpoint hash of it"):
+        load_run_model(child, CPU)
+    capsys.readouterr()
+    assert main(["encode", str(child), "--data", "digits", "--out", str(tmp_path / "z.npy")]) == 2
+    _one_line_error(capsys, "recorded no checkpoint hash of it")
 
 
 def test_a_missing_parent_is_a_one_line_error(tmp_path, capsys):

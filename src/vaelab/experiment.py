@@ -255,7 +255,7 @@ def train_run(
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     if resume:
         run_version(run_dir)
-    _link_parent(cfg, run_dir)
+    _link_parent(cfg, run_dir, resume)
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
         _write_run_files(run_dir, cfg)
@@ -286,15 +286,34 @@ def train_run(
     return trainer, prep
 
 
-def _link_parent(cfg: RunConfig, run_dir: Path) -> None:
-    """Record the parent checkpoint's hash when a child run starts; check it when one resumes."""
+def _link_parent(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Record the parent when a child run starts: its folder as an absolute path (so the child loads
+    from any directory) and its checkpoint's hash. On resume the parent and hash are the ones the run
+    recorded when it started (a config file's empty ``parent.sha256`` records nothing new), checked."""
+    if resume:
+        recorded = load_run_config(run_dir).parent
+        if cfg.parent.run and not recorded.run:
+            raise VaelabError(f"--resume: run {run_dir} was started without a parent; resume it without "
+                              "parent.run, or start a new run on the parent")
+        if not recorded.run:
+            return
+        if cfg.parent.run and Path(cfg.parent.run).resolve() != Path(recorded.run).resolve():
+            raise VaelabError(f"--resume: run {run_dir} was started on parent {recorded.run}, not "
+                              f"{cfg.parent.run}; resume it on its own parent or start a new run")
+        if cfg.parent.sha256 and cfg.parent.sha256 != recorded.sha256:
+            raise VaelabError(f"--resume: parent.sha256 {cfg.parent.sha256[:12]} is not the hash run "
+                              f"{run_dir} recorded ({recorded.sha256[:12] or 'none'})")
+        cfg.parent.run, cfg.parent.sha256 = recorded.run, recorded.sha256
+        check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
+        return
     if not cfg.parent.run:
         return
-    if cfg.parent.sha256:
+    if not Path(cfg.parent.run).is_dir():
+        raise VaelabError(f"parent.run: no run folder at {cfg.parent.run}; train the parent run first")
+    cfg.parent.run = str(Path(cfg.parent.run).resolve())
+    if cfg.parent.sha256:  # a hash given with the config: the parent must still be that checkpoint
         check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
     else:
-        if not Path(cfg.parent.run).is_dir():
-            raise VaelabError(f"parent.run: no run folder at {cfg.parent.run}; train the parent run first")
         cfg.parent.sha256 = checkpoint_sha256(cfg.parent.run)
 
 

@@ -28,11 +28,11 @@ from vaelab.evaluation.metrics import loss_term_sums
 from vaelab.threads import torch_threads
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.averaging import ParameterAverage, raw_weight_tensors, raw_weights
-from vaelab.train.batching import TensorBatches
+from vaelab.train.batching import TensorBatches, batch_seed
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
 
-__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss"]
+__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss", "noise_seed"]
 
 
 class NonFiniteLoss(VaelabError):
@@ -95,6 +95,12 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def noise_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global generator for ``step`` on process ``rank`` of a multi-process run
+    (an index of its own, -3, apart from the batches' binarisation seeds)."""
+    return batch_seed(seed, step, -3, rank)
 
 
 def collective_device(model_device: torch.device) -> torch.device:
@@ -330,6 +336,12 @@ class Trainer:
                         if not model.training:  # a walk over every submodule: only after evaluation
                             model.train()
                         model.train_step = self.step  # the step, for schedules inside the loss
+                        if self.world > 1:
+                            # each process its own noise (the reparameterisation's eps, dropout): a
+                            # pure function of (seed, step, rank), so a resumed run draws it again
+                            # exactly without every rank's generator state in the checkpoint; one
+                            # process keeps the stream torch.manual_seed(train.seed) started
+                            torch.manual_seed(noise_seed(self.cfg.seed, self.step, self.rank))
                         out = loss_fn(batch)
                         for p in params:  # zero_grad(set_to_none=True) without its per-step wrapper
                             p.grad = None

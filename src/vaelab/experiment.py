@@ -448,15 +448,32 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Section:
-    """n samples of a run's model, written as its report's samples section, which is returned."""
+def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int, *,
+               png: str | Path | None = None) -> Section:
+    """n samples of a run's model, written as its report's samples section, which is returned.
+
+    ``png``: also draw image samples as a grid into this file (samples that are not images are
+    refused in one line, before anything is written)."""
+    from vaelab.sections import ImagesSection
+
     model, cfg, _ = load_run_model(run_dir, device)
     if not isinstance(model, Sampling):
         raise VaelabError(f"model {cfg.model.name!r} cannot draw samples (it is not a Sampling model)")
     torch.manual_seed(seed)
     with torch.no_grad():
         section = model.samples_section(n)
+    if png is not None and not isinstance(section, ImagesSection):
+        raise VaelabError(f"--png: the samples of model {cfg.model.name!r} are not images "
+                          f"({type(section).__name__}); leave --png out")
     write_sections(run_dir, [section])
+    if png is not None:
+        from vaelab.report.html import figure_png
+        from vaelab.report.plots import image_grid
+
+        assert isinstance(section, ImagesSection)
+        png = Path(png)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(figure_png(image_grid(section.images, title=f"{n} samples")))
     return section
 
 

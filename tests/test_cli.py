@@ -51,6 +51,7 @@ def test_train_eval_sample_report(smoke_run, capsys):
     assert {r["split"] for r in rows} == {"train", "valid"}
     ev = json.loads((out / "eval.json").read_text())
     assert ev["log_px"] < 0 and ev["is_samples"] == 20 and ev["log_px"] >= ev["elbo"] - 1.0
+    assert ev["n_dims"] == 64 and ev["bits_per_dim"] == pytest.approx(-ev["log_px"] / (64 * np.log(2)))
     assert main(["eval", str(out), "--is-samples", "50", "--quiet"]) == 0
     assert "IS log p(x)" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["is_samples"] == 50
@@ -76,6 +77,21 @@ def test_same_seed_same_numbers(smoke_run, tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "time"} for r in b]
 
 
+def test_eval_seed_sets_the_evaluation_seed(smoke_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+
+    def log_px(seed):
+        assert main(["eval", str(run), "--seed", str(seed), "--max-examples", "40", "--quiet"]) == 0
+        return json.loads((run / "eval.json").read_text())["log_px"]
+
+    a = log_px(1)
+    assert log_px(1) == a
+    assert log_px(2) != a
+
+
 def test_resume_through_the_cli(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]) == 0
@@ -87,6 +103,32 @@ def test_resume_through_the_cli(tmp_path, capsys):
     )
     state = _latest_state(out)
     assert state["epoch"] == 2.0
+
+
+def test_train_records_the_given_command_and_resuming_a_version_1_folder_keeps_it_version_1(tmp_path):
+    from vaelab.runfolder import command_line
+
+    out = tmp_path / "r"
+    argv = ["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]
+    assert main(argv) == 0
+    assert (out / "command.txt").read_text() == command_line(argv) + "\n"
+    cfg = (out / "config.json").read_text()
+    assert cfg == json.dumps(json.loads(cfg), indent=2, sort_keys=True) + "\n"  # as dump_json writes it
+    # a folder from before run.json (version 1): resuming it must not claim version 2, whose report
+    # would look for sections.json and hide the folder's figures; vaelab eval upgrades it
+    (out / "run.json").unlink()
+    again = ["train", "--resume", "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=2"]
+    assert main(again) == 0
+    assert not (out / "run.json").exists()
+    assert (out / "command.txt").read_text().splitlines() == [command_line(argv), command_line(again)]
+
+
+def test_train_into_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "run"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write the run folder") and "Traceback" not in "\n".join(err)
 
 
 def test_demo(tmp_path, capsys):

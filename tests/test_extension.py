@@ -133,6 +133,8 @@ def test_a_plugin_family_on_token_sequences_trains_evaluates_and_reports(tmp_pat
     assert abs(result["perplexity_per_token"] - expected) < 1e-6 * expected
     # 15 ids: guessing uniformly gives 15; the training split's unigram frequencies give 9.1 here
     assert 1 < result["perplexity_per_token"] < 11
+    # no bits/dim or dimensions for token sequences (n_dims would be the longest sentence)
+    assert "bits_per_dim" not in result and "n_dims" not in result
     assert "perplexity per token" in out and "<eos>" in out
     page = (run / "report.html").read_text()
     assert "report:" in report

@@ -12,8 +12,8 @@ functions, is resolved to the vaelab module it names (relative imports included)
 * ``data/`` imports no ``models``, ``train``, ``evaluation``, ``experiment`` or ``report``.
 * ``report/`` imports neither torch nor ``models``, ``train``, ``evaluation``, ``data``,
   ``experiment``, at any level, and reaches no torch through the vaelab modules it imports.
-* The leaf modules both sides stand on (``sections``, ``runfolder``, ``schedules``, ``_version``,
-  ``errors``, ``spec``, ``threads``) import no other layer.
+* The leaf modules both sides stand on (``sections``, ``runfolder``, ``checksums``, ``schedules``,
+  ``_version``, ``errors``, ``spec``, ``threads``) import no other layer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "vaelab"
 
 LEAVES = ("vaelab.sections", "vaelab.runfolder", "vaelab.schedules", "vaelab._version", "vaelab.errors",
-          "vaelab.spec", "vaelab.threads")
+          "vaelab.spec", "vaelab.checksums", "vaelab.threads")
 LAYERS = ("vaelab.cli", "vaelab.models", "vaelab.train", "vaelab.data", "vaelab.vi", "vaelab.evaluation",
           "vaelab.report", "vaelab.experiment", "vaelab.config", "vaelab.estimators", "vaelab.divergences",
           "vaelab.distributions", "vaelab.nn")
@@ -44,7 +44,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                     "vaelab.report", "vaelab.cli"),
     "vaelab.report": ("torch", "vaelab.models", "vaelab.train", "vaelab.evaluation", "vaelab.data",
                       "vaelab.experiment", "vaelab.cli"),
-    **{leaf: ("torch", *LAYERS) for leaf in ("vaelab.sections", "vaelab.runfolder", "vaelab._version")},
+    **{leaf: ("torch", *LAYERS) for leaf in ("vaelab.sections", "vaelab.runfolder", "vaelab._version",
+                                             "vaelab.checksums")},
     **{leaf: LAYERS for leaf in ("vaelab.schedules", "vaelab.errors", "vaelab.spec", "vaelab.threads")},
 }
 # importer package -> prefixes it must not reach through module-level imports, transitively

@@ -157,7 +157,7 @@ def test_gradients_reach_every_parameter(name, i):
 @pytest.mark.parametrize("name,i", PARAMS)
 def test_train_step_changes_weights_and_eval_does_not(name, i):
     model, x = _make(name, i)
-    opt = build_optimizer(model.parameters(), TrainConfig(lr=1e-2), torch.device("cpu"))
+    opt = build_optimizer(model.parameters(), TrainConfig(lr=1e-2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
     with torch.no_grad():

@@ -592,6 +592,34 @@ def test_a_run_without_a_model_reports_its_sections(tmp_path: Path) -> None:
     assert "<td>Perplexity</td><td>3079</td>" in page and "lda.topics" in page
 
 
+def test_a_version_2_folder_is_drawn_from_its_sections_not_a_stale_page_source(tmp_path: Path) -> None:
+    from vaelab.report.html import Section, write_run_page
+
+    run = tmp_path / "lda"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "lda", "lda": {"topics": 3}}))
+    (run / "command.txt").write_text("vaelab lda ap --topics 3\n")
+    # report.json, the page source of a folder from before sections, left behind in the folder
+    write_run_page(run, "old page", [Section("Stale table", "<p>old</p>")], "vaelab lda ap")
+    write_run_file(run)
+    held_out = sec.MetricsSection(name="heldout", title="Held-out", values={"perplexity": 3.0})
+    sec.write_sections(run, [held_out])
+    page = build_report(run).read_text(encoding="utf-8")
+    assert ">Held-out</h2>" in page and "Stale table" not in page
+
+
+def test_load_arrays_checks_required_keys_and_keeps_the_asked_ones(tmp_path: Path) -> None:
+    path = tmp_path / "a.npz"
+    np.savez(path, codes=np.zeros(3), labels=np.ones(3), extra=np.arange(2))
+    assert set(sec.load_arrays(path)) == {"codes", "labels", "extra"}
+    assert set(sec.load_arrays(path, ("codes",), ("labels", "missing"))) == {"codes", "labels"}
+    with pytest.raises(ValueError, match=r"missing array\(s\) images \(has: codes, labels, extra\)"):
+        sec.load_arrays(path, ("images",))
+    np.save(tmp_path / "b.npy", np.zeros(2))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        sec.load_arrays(tmp_path / "b.npy")
+
+
 def test_curves_and_heatmap_of_the_wrong_shape_become_notes() -> None:
     from vaelab.report.render import render_section
 

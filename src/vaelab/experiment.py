@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from functools import singledispatch
@@ -35,7 +33,14 @@ from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.models import Model, build_model
 from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
-from vaelab.runfolder import check_parent, checkpoint_sha256, run_version, write_run_file
+from vaelab.runfolder import (
+    RUN_VERSION,
+    check_parent,
+    checkpoint_sha256,
+    run_version,
+    start_run_folder,
+    write_run_file,
+)
 from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
@@ -214,15 +219,6 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
     return Prepared(cfg, model, spec, bundle, b.train, b.valid, b.test, b.test_labels, device, b.valid_labels)
 
 
-def _write_run_files(run_dir: Path, cfg: RunConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_file(run_dir)
-    (run_dir / "config.json").write_text(dump_json(cfg) + "\n", encoding="utf-8")
-    cmd = " ".join(shlex.quote(a) for a in ["vaelab", *sys.argv[1:]]) if sys.argv else "vaelab"
-    with open(run_dir / "command.txt", "a", encoding="utf-8") as fh:
-        fh.write(cmd + "\n")
-
-
 def run_meta(cfg: RunConfig, spec: DataSpec) -> dict:
     return {
         "model": json.loads(dump_json(cfg))["model"],
@@ -239,8 +235,13 @@ def train_run(
     resume: bool = False,
     progress: bool | None = None,
     extra_callbacks: list[Callback] | None = None,
+    command: str | None = None,
 ) -> tuple[Trainer, Prepared]:
-    """Train ``cfg`` into ``run_dir``. With ``resume`` continue from its latest checkpoint."""
+    """Train ``cfg`` into ``run_dir``. With ``resume`` continue from its latest checkpoint.
+
+    ``command``: the line recorded in ``command.txt`` (``runfolder.command_line``; default this
+    process's arguments). A resumed version 1 folder (no ``run.json``) stays version 1 until
+    ``evaluate_run`` gives it its sections."""
     import torch.distributed as dist
 
     run_dir = Path(run_dir)
@@ -253,12 +254,12 @@ def train_run(
         )
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
-    if resume:
-        run_version(run_dir)
+    version = run_version(run_dir) if resume else RUN_VERSION
     _link_parent(cfg, run_dir, resume)
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
-        _write_run_files(run_dir, cfg)
+        # config.json as dump_json writes it (keys sorted)
+        start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)
     callbacks: list[Callback] = [
         ProgressBar(progress),
         JsonlLogger(run_dir / "metrics.jsonl"),
@@ -291,7 +292,9 @@ def _link_parent(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
     from any directory) and its checkpoint's hash. On resume the parent and hash are the ones the run
     recorded when it started (a config file's empty ``parent.sha256`` records nothing new), checked."""
     if resume:
-        recorded = load_run_config(run_dir).parent
+        # the config the run's latest checkpoint holds: what it recorded when it started
+        state = ckpt.resolve_checkpoint(run_dir) / "state.json"
+        recorded = config_from_dict(json.loads(state.read_text(encoding="utf-8"))["config"]).parent
         if cfg.parent.run and not recorded.run:
             raise VaelabError(f"--resume: run {run_dir} was started without a parent; resume it without "
                               "parent.run, or start a new run on the parent")
@@ -315,19 +318,6 @@ def _link_parent(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
         check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
     else:
         cfg.parent.sha256 = checkpoint_sha256(cfg.parent.run)
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    p = Path(run_dir)
-    f = p / "config.json"
-    if not f.is_file():
-        ck = ckpt.resolve_checkpoint(p)
-        meta = json.loads((ck / "state.json").read_text(encoding="utf-8"))
-        return config_from_dict(meta["config"])
-    try:
-        return config_from_dict(json.loads(f.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise VaelabError(f"{f} is not valid JSON ({exc}); restore it or retrain") from None
 
 
 def load_run_model(
@@ -379,9 +369,11 @@ def evaluate_run(
     max_examples: int | None = None,
     progress: bool | None = None,
     which: str = "best",
+    seed: int | None = None,
 ) -> dict:
     """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
-    sections and the evaluation -> sections.json."""
+    sections and the evaluation -> sections.json. ``k``, ``max_examples`` and ``seed`` replace the
+    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
     from vaelab.evaluation.units import example_counts, negative_elbo_per_example, units
 
@@ -391,6 +383,8 @@ def evaluate_run(
         cfg.eval.is_samples = k
     if max_examples is not None:
         cfg.eval.max_examples = max_examples
+    if seed is not None:
+        cfg.eval.seed = seed
     prep = prepare(cfg, device)
     prep.model = model
     split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)
@@ -425,7 +419,8 @@ def evaluate_run(
         result["active_units"], _ = active_units(codes)
         result["latent_dim"] = codes.shape[1]
     result["seconds"] = time.perf_counter() - t0
-    result["n_dims"] = prep.spec.n_dims
+    if prep.spec.kind == "images":  # for tokens the spec's shape is the longest sentence, no dimension
+        result["n_dims"] = prep.spec.n_dims
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "eval.json")
@@ -534,8 +529,6 @@ def format_eval(result: dict) -> str:
         )
         if result.get("is_warning"):
             lines.append(f"warning: {result['is_warning']}")
-        if "units" not in result:
-            lines.append(f"bits/dim     {result['bits_per_dim']:.4f}")
     if "units" in result:
         lines.append(f"per unit     {result['units']}")
     if "elbo" in result:

@@ -27,7 +27,6 @@ in ``parent.run``; when it starts, the sha256 of the parent checkpoint's weights
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab._version import __version__
+from vaelab.checksums import sha256_file
 from vaelab.errors import VaelabError
 
 __all__ = [
@@ -121,11 +121,7 @@ def parent_checkpoint(parent_run: str | Path) -> Path:
 
 def checkpoint_sha256(parent_run: str | Path) -> str:
     """sha256 (hex) of the parent run's checkpoint weights (:func:`parent_checkpoint`)."""
-    h = hashlib.sha256()
-    with open(parent_checkpoint(parent_run), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(parent_checkpoint(parent_run))
 
 
 def check_parent(child: str | Path, parent_run: str, recorded: str) -> None:
@@ -155,9 +151,12 @@ def command_line(argv: Iterable[str] | None = None) -> str:
     return " ".join(shlex.quote(a) for a in ["vaelab", *args])
 
 
-def start_run_folder(run_dir: str | Path, config: Any, command: str | None = None) -> Path:
-    """Create ``run_dir``; write ``config.json`` (the dataclass ``config`` in full), ``command.txt``
-    (appended) and ``run.json``. An unwritable folder is a one-line VaelabError."""
+def start_run_folder(
+    run_dir: str | Path, config: Any, command: str | None = None, *, version_file: bool = True
+) -> Path:
+    """Create ``run_dir``; write ``config.json`` (the dataclass or mapping ``config`` in full),
+    ``command.txt`` (appended) and, with ``version_file``, ``run.json`` (a resumed version 1 folder
+    keeps none until it is evaluated). An unwritable folder is a one-line VaelabError."""
     run = Path(run_dir)
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -165,7 +164,8 @@ def start_run_folder(run_dir: str | Path, config: Any, command: str | None = Non
         (run / "config.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         with open(run / "command.txt", "a", encoding="utf-8") as fh:
             fh.write((command or command_line()) + "\n")
-        write_run_file(run)
+        if version_file:
+            write_run_file(run)
     except OSError as exc:
         raise VaelabError(
             f"cannot write the run folder {run}: {exc.strerror or exc}; pass a writable --out"

@@ -74,6 +74,7 @@ __all__ = [
     "write_sections",
     "write_atomic",
     "read_sections",
+    "load_arrays",
     "wav_bytes",
 ]
 
@@ -399,14 +400,32 @@ def write_sections(run_dir: str | Path, sections: Sequence[Section]) -> Path:
 _BAD = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
 
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+def load_arrays(
+    path: str | Path, required: Sequence[str] = (), optional: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of the .npz file at ``path``; never unpickles.
+
+    required: names that must be there (else ValueError naming the missing ones and those present).
+    optional: when given, only the ``required`` and (present) ``optional`` arrays are returned;
+        otherwise all of them.
+
+    Raises:
+        ValueError: not an .npz archive, or a required array missing; OSError, zipfile.BadZipFile,
+            EOFError for unreadable or damaged files.
+    """
     # open the file ourselves: np.load leaks its handle when the archive turns out to be corrupt
     with open(path, "rb") as fh:
         f = np.load(fh, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         with f:
-            return {k: f[k] for k in f.files}
+            missing = [k for k in required if k not in f.files]
+            if missing:
+                raise ValueError(
+                    f"missing array(s) {', '.join(missing)} (has: {', '.join(f.files) or 'none'})"
+                )
+            keys = f.files if optional is None else [k for k in (*required, *optional) if k in f.files]
+            return {k: f[k] for k in keys}
 
 
 def _inside(run: Path, rel: str) -> Path:
@@ -426,7 +445,7 @@ def _section_from_entry(run: Path, e: dict[str, Any]) -> Section:
         )
     values: dict[str, Any] = dict(e.get("fields") or {})
     if "arrays" in e:
-        values.update(_load_arrays(_inside(run, e["arrays"])))
+        values.update(load_arrays(_inside(run, e["arrays"])))
     for key, rel in (e.get("files") or {}).items():
         values[key] = (
             [_inside(run, r).read_bytes() for r in rel]

@@ -105,6 +105,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 
     from vaelab.config import apply_overrides, config_from_dict, parse_overrides, read_toml
     from vaelab.experiment import evaluate_run, format_eval, train_run
+    from vaelab.runfolder import command_line
 
     if args.resume and args.out and (Path(args.out) / "config.json").is_file() and not args.config:
         base = json.loads((Path(args.out) / "config.json").read_text(encoding="utf-8"))
@@ -122,7 +123,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         print(f"training {cfg.model.name} on {cfg.data.name} ({device}) -> {run_dir}", file=sys.stderr)
-    trainer, prep = train_run(cfg, run_dir, device=device, resume=args.resume, progress=args.progress)
+    trainer, prep = train_run(cfg, run_dir, device=device, resume=args.resume, progress=args.progress,
+                              command=command_line(getattr(args, "_argv", None)))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -174,14 +176,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "evaluate a run: test ELBO, IS log p(x) ± s.e., bits/dim, KL, active units", _eval_args)
 def eval_cmd(args: argparse.Namespace) -> int:
-    import torch
-
     from vaelab.experiment import evaluate_run, format_eval, resolve_device
 
     if args.is_samples is not None and args.is_samples < 1:
         raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     result = evaluate_run(
         args.run,
         resolve_device(args.device),
@@ -189,6 +187,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         max_examples=args.max_examples,
         progress=args.progress,
         which=args.checkpoint,
+        seed=args.seed,
     )
     print(format_eval(result))
     print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")
@@ -258,6 +257,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
     from vaelab.config import config_from_dict
     from vaelab.data import load_dataset
     from vaelab.experiment import evaluate_run, format_eval, resolve_device, train_run
+    from vaelab.runfolder import command_line
 
     device = resolve_device(args.device)
     try:
@@ -280,7 +280,8 @@ def demo_cmd(args: argparse.Namespace) -> int:
         f"demo: a VAE with a 2-D latent space on {which}, {cfg.train.epochs} epochs on {device} -> {run_dir}",
         file=sys.stderr,
     )
-    trainer, _ = train_run(cfg, run_dir, device=device, progress=args.progress)
+    trainer, _ = train_run(cfg, run_dir, device=device, progress=args.progress,
+                           command=command_line(getattr(args, "_argv", None)))
     result = evaluate_run(run_dir, device, progress=args.progress)
     print(format_eval(result))
     path = _build_report(run_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+from vaelab.checksums import sha256_file
 from vaelab.errors import VaelabError
 
 from .registry import DataFile, Dataset, Source, data_root, file_status, get_dataset
@@ -113,14 +114,6 @@ def _from_local(ds: Dataset, source: Source, from_dir: Path, folder: Path, name:
         ) from None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -175,7 +168,7 @@ def _fetch_one(
             except (OSError, ValueError, EOFError) as exc:
                 raise VaelabError(f"cannot build {f.name} from {fetched.name} ({exc}); report this") from None
             if not f.gunzip:  # gunzip files were verified through their uncompressed source
-                digest = _sha256_file(built)
+                digest = sha256_file(built)
                 if digest != f.sha256:
                     raise VaelabError(
                         f"{f.name} rebuilt from its source has sha256 {digest[:12]}..., expected "

@@ -100,11 +100,11 @@ class LikelihoodResult:
 
     def as_dict(self) -> dict:
         """The summaries for eval.json; ``is_reliable`` and ``is_warning`` (None when reliable) state
-        the verdict of :func:`is_reliable`."""
+        the verdict of :func:`is_reliable`. The per-unit figure (bits/dim for images, perplexity per
+        token for text, ...) is not here: it depends on the data kind (``vaelab.evaluation.units``)."""
         return {
             "log_px": self.mean,
             "log_px_stderr": self.stderr,
-            "bits_per_dim": self.bits_per_dim,
             "is_samples": self.k,
             "n_examples": self.log_px.numel(),
             "ess_mean": self.ess_mean,

@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vaelab import sections as sec
 from vaelab.errors import VaelabError
 from vaelab.report import plots
@@ -61,9 +59,6 @@ FIGURE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _MAX_EMBED_BYTES = 20 * 2**20  # an extra image larger than this is left out (the page would be unwieldy)
 _BAD_INPUT = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 _TRAIN_HINT = "train a run first with `vaelab train CONFIG.toml --out {run}`"
-_num = format_value
-_duration = duration
-_with_stderr = with_stderr
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -112,23 +107,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a known figure file, checked for its required keys. Never unpickles."""
-    required, optional = FIGURE_FILES[path.name]
-    # Open the file ourselves: np.load leaks its own handle when the archive turns out to be corrupt.
-    with open(path, "rb") as fh:
-        f = np.load(fh, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with f:
-            missing = [k for k in required if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"missing array(s) {', '.join(missing)} (has: {', '.join(f.files) or 'none'})"
-                )
-            return {k: f[k] for k in (*required, *optional) if k in f.files}
-
-
 # -------------------------------------------------------------------------------------------- sections
 
 
@@ -165,21 +143,21 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
             ("kl", "KL", ["nats", *split]),
         ):
             if key in ev:
-                table.append((f"{label} ({', '.join(facts)})" if facts else label, _with_stderr(ev, key)))
+                table.append((f"{label} ({', '.join(facts)})" if facts else label, with_stderr(ev, key)))
         if "active_units" in ev:
             of = f" / {ev['latent_dim']}" if "latent_dim" in ev else ""
             table.append(("Active units", f"{ev['active_units']}{of}"))
     last = rows[-1] if rows else {}
     if "step" in last:
-        table.append(("Steps", _num(last["step"])))
+        table.append(("Steps", format_value(last["step"])))
     if isinstance(last.get("epoch"), (int, float)):
         table.append(("Epochs", f"{last['epoch']:.2f}".rstrip("0").rstrip(".")))
     if isinstance(last.get("time"), (int, float)):
-        table.append(("Training time", _duration(float(last["time"]))))
+        table.append(("Training time", duration(float(last["time"]))))
     valid = [r for r in rows if r.get("split") == "valid" and isinstance(r.get("elbo"), (int, float))]
     if valid:
-        table.append(("Last validation ELBO (nats)", _num(valid[-1]["elbo"], "elbo")))
-        table.append(("Best validation ELBO (nats)", _num(max(r["elbo"] for r in valid), "elbo")))
+        table.append(("Last validation ELBO (nats)", format_value(valid[-1]["elbo"], "elbo")))
+        table.append(("Best validation ELBO (nats)", format_value(max(r["elbo"] for r in valid), "elbo")))
     body = table_html(("Quantity", "Value"), table, cls="kv") if table else ""
     notes = [ev_note] if ev is None and ev_note else []
     if ev is not None and ev.get("is_warning"):
@@ -211,7 +189,7 @@ def _legacy_figure(run: Path, file: str, name: str, title: str, caption: str) ->
     if not path.is_file():
         return None
     try:
-        a = _load_npz(path)
+        a = sec.load_arrays(path, *FIGURE_FILES[file])
     except _BAD_INPUT as e:
         return sec.UnreadableSection(name=name, title=title, reason=f"figures/{file}: {e}")
     cls = {"reconstructions": sec.ReconstructionsSection, "samples": sec.ImagesSection,
@@ -359,14 +337,16 @@ def build_report(run_dir: str | Path) -> Path:
             f"{run} has no config.json, so it is not a vaelab run folder: {_TRAIN_HINT.format(run=run)}"
         )
 
-    if (run / PAGE_SOURCE).is_file():  # a page made by vaelab kl / lda / ising: its own source
+    version = run_version(run)  # a folder newer than this vaelab is refused in one line
+    if version < 2 and (run / PAGE_SOURCE).is_file():
+        # a page made by vaelab kl / lda / ising before their folders had sections: its own source
+        # (a version 2 folder is drawn from its sections; a report.json left in it is stale)
         return rebuild_run_page(run)
     config_note = ""
     try:
         config = _read_json(run / "config.json")
     except (OSError, ValueError) as e:
         config, config_note = None, f"config.json could not be read: {e}"
-    version = run_version(run)  # a folder newer than this vaelab is refused in one line
     if version < 2 and isinstance(config, dict) and "model" not in config and (run / "command.txt").is_file():
         # a folder of vaelab kl / lda / ising from before pages kept their source: leave its page
         raise VaelabError(

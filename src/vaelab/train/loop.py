@@ -11,7 +11,6 @@ current step, writes a resumable checkpoint and stops; a second signal stops at 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ class NonFiniteLoss(VaelabError):
     pass
 
 
-def build_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam / AdamW with the fused kernel (one pass over all parameters), Adagrad with foreach."""
     params = list(params)
     if cfg.optimizer in ("adam", "adamw"):
@@ -146,7 +145,7 @@ class Trainer:
         # in a process group (torchrun), even of one process: DDP, and stop and metrics reductions
         self.distributed = dist.is_available() and dist.is_initialized()
         self.callbacks = list(callbacks) if self.rank == 0 else []
-        self.optimizer = build_optimizer(model.parameters(), cfg, next(model.parameters()).device)
+        self.optimizer = build_optimizer(model.parameters(), cfg)
         self.average = None
         if cfg.ema_decay:
             self.average = ParameterAverage(model.named_parameters(), cfg.ema_decay, cfg.ema_every)
@@ -457,9 +456,3 @@ class Trainer:
                     "time": round(self.elapsed + time.perf_counter() - self._t0, 3), **metrics})
         for cb in self.callbacks:
             cb.on_eval_end(self, metrics)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch's CPU and CUDA generators (NumPy is not used in training)."""
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))

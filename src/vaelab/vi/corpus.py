@@ -12,7 +12,6 @@ of ``vocab.txt`` (one term per line).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from vaelab.checksums import sha256_file
 from vaelab.errors import VaelabError
 
 __all__ = [
     "Corpus",
     "AP_SHAPE",
-    "sha256_file",
     "load_ldac",
     "load_text",
     "from_token_lists",
@@ -87,14 +86,6 @@ def _csr(x) -> sp.csr_matrix:
     x.sort_indices()
     x.eliminate_zeros()
     return x
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _need_file(path: Path, what: str, hint: str) -> None:

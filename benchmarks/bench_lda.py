@@ -309,7 +309,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from vaelab.vi.lda import completion_perplexity, perword_bound, torch_threads, unigram_perplexity
+    from vaelab.threads import torch_threads
+    from vaelab.vi.lda import completion_perplexity, perword_bound, unigram_perplexity
 
     torch.set_num_threads(1)
     train, test = _load_split()

@@ -55,6 +55,9 @@ def test_train_eval_sample_report(smoke_run, capsys):
     assert main(["eval", str(out), "--is-samples", "50", "--quiet"]) == 0
     assert "IS log p(x)" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["is_samples"] == 50
+    assert main(["sample", str(out), "-n", "4"]) == 0  # the samples section only: no PNG unless asked
+    assert {s.name: s for s in read_sections(out)}["samples"].images.shape == (4, 1, 8, 8)
+    assert not (out / "figures" / "samples.png").exists()
     assert main(["sample", str(out), "-n", "9", "--png", str(out / "s.png")]) == 0
     assert (out / "s.png").read_bytes()[:4] == b"\x89PNG"
     samples = {s.name: s for s in read_sections(out)}["samples"]

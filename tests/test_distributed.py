@@ -20,7 +20,7 @@ from vaelab.spec import DataSpec
 from vaelab.train import Checkpointer, TensorBatches, Trainer, dynamic_binarize
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import batch_seed
-from vaelab.train.loop import collective_device
+from vaelab.train.loop import collective_device, noise_seed
 
 SPEC = DataSpec((1, 4, 4), "binary")
 
@@ -65,6 +65,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
         model = build_model(VAEConfig(latent_dim=2, hidden=[8]), SPEC)
+        torch.manual_seed(0)  # every rank one stream, as experiment.prepare leaves them: fit splits it
         # rank 1 asks to stop at once (its own time limit); rank 0 learns it at the next agreed step
         cfg = TrainConfig(epochs=4, batch_size=8, log_every=3, eval_every=2, seed=0,
                           time_limit_min=1e-9 if rank == 1 else 0)
@@ -76,11 +77,22 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         run_dir = Path(out) / "run"
         trainer = Trainer(model, cfg, train, valid, run_dir=run_dir, callbacks=[Checkpointer()],
                           meta={"model": {"name": "vae"}})
+        draws: list[list[float]] = []  # the first normals each step's loss would draw (eps)
+        loss = model.loss
+
+        def peeking(batch):
+            if model.training:  # a training step, not validation
+                g = torch.Generator()
+                g.set_state(torch.get_rng_state())
+                draws.append(torch.randn(4, generator=g).tolist())
+            return loss(batch)
+
+        model.loss = peeking
         trainer.fit()
         metrics = trainer.evaluate(valid)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out) / f"w{rank}.st"))
         facts = {"step": trainer.step, "stop_reason": trainer.stop_reason, "valid": metrics,
-                 "steps_per_epoch": trainer.steps_per_epoch}
+                 "steps_per_epoch": trainer.steps_per_epoch, "draws": draws}
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(facts))
     finally:
         dist.destroy_process_group()
@@ -95,6 +107,13 @@ def test_two_process_gloo_run_keeps_the_ranks_in_step(tmp_path):
     assert r1["stop_reason"].startswith("time limit") and r0["stop_reason"] == "stopped on another process"
     # the validation metrics are reduced over both shards: every rank holds the same numbers
     assert r0["valid"] == r1["valid"] and all(v == v for v in r0["valid"].values())
+    # each rank draws its own noise in the same step, a pure function of (seed, step, rank)
+    assert len(r0["draws"]) == len(r1["draws"]) == 3
+    for step, (d0, d1) in enumerate(zip(r0["draws"], r1["draws"], strict=True)):
+        assert d0 != d1
+        for rank, d in ((0, d0), (1, d1)):
+            expected = torch.randn(4, generator=torch.Generator().manual_seed(noise_seed(0, step, rank)))
+            assert d == expected.tolist()
     w0, w1 = (load_file(str(tmp_path / f"w{r}.st")) for r in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     # rank 0 alone wrote the checkpoints: the final one holds the weights both ranks ended with

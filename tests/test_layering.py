@@ -13,7 +13,7 @@ functions, is resolved to the vaelab module it names (relative imports included)
 * ``report/`` imports neither torch nor ``models``, ``train``, ``evaluation``, ``data``,
   ``experiment``, at any level, and reaches no torch through the vaelab modules it imports.
 * The leaf modules both sides stand on (``sections``, ``runfolder``, ``checksums``, ``schedules``,
-  ``_version``, ``errors``, ``spec``) import no other layer.
+  ``_version``, ``errors``, ``spec``, ``threads``) import no other layer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "vaelab"
 
 LEAVES = ("vaelab.sections", "vaelab.runfolder", "vaelab.schedules", "vaelab._version", "vaelab.errors",
-          "vaelab.spec", "vaelab.checksums")
+          "vaelab.spec", "vaelab.checksums", "vaelab.threads")
 LAYERS = ("vaelab.cli", "vaelab.models", "vaelab.train", "vaelab.data", "vaelab.vi", "vaelab.evaluation",
           "vaelab.report", "vaelab.experiment", "vaelab.config", "vaelab.estimators", "vaelab.divergences",
           "vaelab.distributions", "vaelab.nn")
@@ -46,7 +46,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                       "vaelab.experiment", "vaelab.cli"),
     **{leaf: ("torch", *LAYERS) for leaf in ("vaelab.sections", "vaelab.runfolder", "vaelab._version",
                                              "vaelab.checksums")},
-    **{leaf: LAYERS for leaf in ("vaelab.schedules", "vaelab.errors", "vaelab.spec")},
+    **{leaf: LAYERS for leaf in ("vaelab.schedules", "vaelab.errors", "vaelab.spec", "vaelab.threads")},
 }
 # importer package -> prefixes it must not reach through module-level imports, transitively
 UNREACHABLE: dict[str, tuple[str, ...]] = {

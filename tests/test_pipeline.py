@@ -64,6 +64,46 @@ def test_encode_writes_the_posterior_means_of_the_users_data(parent, tmp_path, c
     assert np.load(out).shape[0] == len(load_dataset(cfg.data).train)
 
 
+def test_encode_of_the_train_split_gives_a_dynamically_binarised_model_binary_images(parent, tmp_path):
+    out = tmp_path / "z.npy"
+    assert main(["encode", str(parent), "--data", "digits", "--split", "train", "--out", str(out)]) == 0
+    model, cfg, _ = load_run_model(parent, CPU)
+    bundle = load_dataset(cfg.data)
+    assert bundle.dynamic
+    x = bundle.eval_images("train")  # one fixed draw, as the test split is scored
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    with torch.no_grad():
+        expected = model.encode(x).mean.numpy()
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_encode_refuses_token_data_for_an_image_run_in_one_line(parent, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, text in (("train", "the cat sat\nthe dog sat\n"), ("valid", "the cat\n"), ("test", "a dog\n")):
+        (corpus / f"{split}.txt").write_text(text)
+    assert main(["encode", str(parent), "--data", f"text:{corpus}", "--out", str(tmp_path / "z.npy")]) == 2
+    _one_line_error(capsys, "holds tokens but run", "models images")
+
+
+def test_ordered_batches_keep_the_order_of_the_sequences(tmp_path):
+    from vaelab.config import DataConfig
+    from vaelab.experiment import ordered_batches
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = ["a", "b b b b", "c c", "d d d", "e"] * 3
+    (corpus / "train.txt").write_text("\n".join(lines) + "\n")
+    (corpus / "test.txt").write_text("a\n")
+    bundle = load_dataset(DataConfig(name=f"text:{corpus}", valid_size=0))
+    vocab = bundle.vocab.words
+    got = []
+    for batch in ordered_batches(bundle, "train", 4, CPU):
+        for row, n in zip(batch.tokens.tolist(), batch.lengths.tolist(), strict=True):
+            got.append(" ".join(vocab[i] for i in row[: n - 1]))  # drop <eos>
+    assert got == lines
+
+
 def test_encode_refuses_data_of_another_shape_in_one_line(parent, tmp_path, capsys):
     arr = tmp_path / "wide.npy"
     np.save(arr, np.random.default_rng(0).random((30, 5, 5)).astype(np.float32))
@@ -152,7 +192,7 @@ def test_a_child_run_records_its_parents_hash_and_checks_it_on_load(parent, tmp_
     child = tmp_path / "child"
     assert _child(parent, child) == 0
     recorded = json.loads((child / "config.json").read_text())["parent"]
-    assert recorded == {"run": str(parent), "sha256": checkpoint_sha256(parent)}
+    assert recorded == {"run": str(parent.resolve()), "sha256": checkpoint_sha256(parent)}
     assert len(recorded["sha256"]) == 64
     assert main(["eval", str(child), "--quiet"]) == 0
     page = (child / "report.html").read_text()
@@ -180,6 +220,60 @@ def test_a_child_run_records_its_parents_hash_and_checks_it_on_load(parent, tmp_
     finally:
         shutil.rmtree(parent)
         shutil.copytree(backup, parent)
+
+
+def _child_on_a_copy(parent: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the parent (the test may change it) and a child started on it by a relative path."""
+    own = _copy(parent, tmp_path, "own-parent")
+    monkeypatch.chdir(tmp_path)
+    child = tmp_path / "child"
+    assert _child(Path("own-parent"), child) == 0
+    return own, child
+
+
+def _retrain(parent: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = parent / "checkpoints" / "best" / "model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))
+
+
+def test_the_parent_is_recorded_absolute_and_found_from_any_directory(parent, tmp_path, monkeypatch, capsys):
+    own, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    assert json.loads((child / "config.json").read_text())["parent"]["run"] == str(own.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    load_run_model(child, CPU)
+    assert main(["report", str(child)]) == 0
+    chain = (child / "report.html").read_text().split(">Run chain</h2>")[1].split("<h2")[0]
+    assert "matches" in chain
+
+
+def test_resume_with_a_config_file_checks_the_hash_the_run_recorded(parent, tmp_path, monkeypatch, capsys):
+    """The config file's parent.sha256 is empty: resuming must not record the changed parent's hash."""
+    own, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    recorded = json.loads((child / "config.json").read_text())["parent"]["sha256"]
+    _retrain(own)
+    capsys.readouterr()
+    assert main(["train", SMOKE, "--resume", "--out", str(child), "--quiet", "--no-eval",
+                 "--set", "train.epochs=2", "--set", "parent.run=own-parent"]) == 2
+    _one_line_error(capsys, f"run {child} was started on parent", recorded[:12])
+    assert json.loads((child / "config.json").read_text())["parent"]["sha256"] == recorded
+
+
+def test_a_child_with_no_recorded_parent_hash_is_refused_on_load(parent, tmp_path, monkeypatch, capsys):
+    _, child = _child_on_a_copy(parent, tmp_path, monkeypatch)
+    for state in [child / "config.json", *child.glob("checkpoints/*/state.json")]:
+        meta = json.loads(state.read_text())
+        cfg = meta.get("config", meta)
+        cfg["parent"]["sha256"] = ""
+        state.write_text(json.dumps(meta))
+    with pytest.raises(VaelabError, match="recorded no checkpoint hash of it"):
+        load_run_model(child, CPU)
+    capsys.readouterr()
+    assert main(["encode", str(child), "--data", "digits", "--out", str(tmp_path / "z.npy")]) == 2
+    _one_line_error(capsys, "recorded no checkpoint hash of it")
 
 
 def test_a_missing_parent_is_a_one_line_error(tmp_path, capsys):

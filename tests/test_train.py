@@ -148,6 +148,25 @@ def test_a_non_finite_parameter_is_never_checkpointed(tmp_path, bad):
     assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000005"
 
 
+def test_fit_restores_the_thread_count(tmp_path):
+    """train.threads holds while fitting only: a library call leaves the process as it found it."""
+    seen = []
+
+    class Threads(Callback):
+        def on_step_end(self, trainer):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    outside = 2 if before == 1 else before  # a count other than the run's 1
+    torch.set_num_threads(outside)
+    try:
+        _trainer(tmp_path, max_steps=2, threads=1, callbacks=[Threads()]).fit()
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == outside
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_early_stopping(tmp_path):
     t = _trainer(
         tmp_path, epochs=50, eval_every=2, lr=1e-9, lr_final=1e-9, patience=2, callbacks=[EarlyStopping(2)]

@@ -178,9 +178,11 @@ class EvalConfig:
 class ParentConfig:
     """The run this one builds on (e.g. a prior over the codes a VQ-VAE run extracts).
 
-    run: the parent's run folder ("" when the run stands alone).
+    run: the parent's run folder ("" when the run stands alone); recorded as an absolute path when
+        this run starts, so the run loads from any directory.
     sha256: the sha256 of the parent checkpoint's weights, recorded when this run starts and checked
-        whenever it is loaded (leave it empty in a preset; ``vaelab.runfolder``).
+        whenever it is loaded or resumed (leave it empty in a preset; ``vaelab.runfolder``). A child
+        whose recorded hash is empty is refused on load.
     """
 
     run: str = ""

@@ -182,6 +182,32 @@ def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.devi
     return SplitBatches(train, valid, test)
 
 
+@singledispatch
+def ordered_batches(bundle: Bundle, split: str, batch_size: int, device: torch.device) -> Batches | None:
+    """Every example of ``split`` in the dataset's order, as the model is evaluated on it (None when
+    the split is empty): the per-example outputs of a pass line up with the dataset."""
+    raise VaelabError(f"dataset {bundle.name!r} holds {type(bundle).__name__}, which vaelab cannot batch")
+
+
+@ordered_batches.register
+def _ordered_images(bundle: DataBundle, split: str, batch_size: int, device: torch.device
+                    ) -> TensorBatches | None:
+    # dynamically binarised data (the train split too) is binarised once, with the fixed seeded draw
+    # evaluation uses: the model sees binary images, and the same ones on every call
+    x = bundle.eval_images(split)
+    return TensorBatches(x, batch_size, shuffle=False, device=device) if x is not None and len(x) else None
+
+
+@ordered_batches.register
+def _ordered_sequences(bundle: SequenceBundle, split: str, batch_size: int, device: torch.device
+                       ) -> SequenceBatches | None:
+    seqs, _ = bundle.split(split)
+    if seqs is None or not len(seqs):
+        return None
+    return SequenceBatches(seqs, batch_size, pad_id=bundle.pad_id, shuffle=False, bucket_batches=0,
+                           device=device)
+
+
 def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
     bundle = load_dataset(cfg.data)
     spec = bundle.spec
@@ -229,7 +255,7 @@ def train_run(
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     version = run_version(run_dir) if resume else RUN_VERSION
-    _link_parent(cfg, run_dir)
+    _link_parent(cfg, run_dir, resume)
     prep = prepare(cfg, device, rank=rank, world=world)
     if rank == 0:
         # config.json as dump_json writes it (keys sorted)
@@ -261,15 +287,36 @@ def train_run(
     return trainer, prep
 
 
-def _link_parent(cfg: RunConfig, run_dir: Path) -> None:
-    """Record the parent checkpoint's hash when a child run starts; check it when one resumes."""
+def _link_parent(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Record the parent when a child run starts: its folder as an absolute path (so the child loads
+    from any directory) and its checkpoint's hash. On resume the parent and hash are the ones the run
+    recorded when it started (a config file's empty ``parent.sha256`` records nothing new), checked."""
+    if resume:
+        # the config the run's latest checkpoint holds: what it recorded when it started
+        state = ckpt.resolve_checkpoint(run_dir) / "state.json"
+        recorded = config_from_dict(json.loads(state.read_text(encoding="utf-8"))["config"]).parent
+        if cfg.parent.run and not recorded.run:
+            raise VaelabError(f"--resume: run {run_dir} was started without a parent; resume it without "
+                              "parent.run, or start a new run on the parent")
+        if not recorded.run:
+            return
+        if cfg.parent.run and Path(cfg.parent.run).resolve() != Path(recorded.run).resolve():
+            raise VaelabError(f"--resume: run {run_dir} was started on parent {recorded.run}, not "
+                              f"{cfg.parent.run}; resume it on its own parent or start a new run")
+        if cfg.parent.sha256 and cfg.parent.sha256 != recorded.sha256:
+            raise VaelabError(f"--resume: parent.sha256 {cfg.parent.sha256[:12]} is not the hash run "
+                              f"{run_dir} recorded ({recorded.sha256[:12] or 'none'})")
+        cfg.parent.run, cfg.parent.sha256 = recorded.run, recorded.sha256
+        check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
+        return
     if not cfg.parent.run:
         return
-    if cfg.parent.sha256:
+    if not Path(cfg.parent.run).is_dir():
+        raise VaelabError(f"parent.run: no run folder at {cfg.parent.run}; train the parent run first")
+    cfg.parent.run = str(Path(cfg.parent.run).resolve())
+    if cfg.parent.sha256:  # a hash given with the config: the parent must still be that checkpoint
         check_parent(run_dir, cfg.parent.run, cfg.parent.sha256)
     else:
-        if not Path(cfg.parent.run).is_dir():
-            raise VaelabError(f"parent.run: no run folder at {cfg.parent.run}; train the parent run first")
         cfg.parent.sha256 = checkpoint_sha256(cfg.parent.run)
 
 
@@ -396,15 +443,32 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int) -> Section:
-    """n samples of a run's model, written as its report's samples section, which is returned."""
+def sample_run(run_dir: str | Path, device: torch.device, n: int, seed: int, *,
+               png: str | Path | None = None) -> Section:
+    """n samples of a run's model, written as its report's samples section, which is returned.
+
+    ``png``: also draw image samples as a grid into this file (samples that are not images are
+    refused in one line, before anything is written)."""
+    from vaelab.sections import ImagesSection
+
     model, cfg, _ = load_run_model(run_dir, device)
     if not isinstance(model, Sampling):
         raise VaelabError(f"model {cfg.model.name!r} cannot draw samples (it is not a Sampling model)")
     torch.manual_seed(seed)
     with torch.no_grad():
         section = model.samples_section(n)
+    if png is not None and not isinstance(section, ImagesSection):
+        raise VaelabError(f"--png: the samples of model {cfg.model.name!r} are not images "
+                          f"({type(section).__name__}); leave --png out")
     write_sections(run_dir, [section])
+    if png is not None:
+        from vaelab.report.html import figure_png
+        from vaelab.report.plots import image_grid
+
+        assert isinstance(section, ImagesSection)
+        png = Path(png)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(figure_png(image_grid(section.images, title=f"{n} samples")))
     return section
 
 
@@ -434,13 +498,20 @@ def encode_run(
     if split not in ("train", "valid", "test"):
         raise VaelabError(f"--split must be train, valid or test, got {split!r}")
     bundle = load_dataset(replace(cfg.data, name=data))
-    if tuple(bundle.spec.shape) != tuple(model.spec.shape):
-        raise VaelabError(f"{data} holds examples of shape {tuple(bundle.spec.shape)} but run {run_dir} "
-                          f"models {tuple(model.spec.shape)}; give data of the run's shape")
-    x = bundle.train if split == "train" else bundle.eval_images(split)
-    if x is None or not len(x):
+    got, want = bundle.spec, model.spec
+    if got.kind != want.kind:
+        raise VaelabError(f"{data} holds {got.kind} but run {run_dir} models {want.kind}; "
+                          f"give {want.kind} data")
+    if got.kind == "tokens" and got.extra.get("vocab") != want.extra.get("vocab"):
+        raise VaelabError(f"{data} has another vocabulary ({got.vocab_size} words) than run {run_dir} "
+                          f"({want.vocab_size}); token ids mean words only under the run's vocabulary")
+    if got.kind != "tokens" and tuple(got.shape) != tuple(want.shape):
+        raise VaelabError(f"{data} holds examples of shape {tuple(got.shape)} but run {run_dir} "
+                          f"models {tuple(want.shape)}; give data of the run's shape")
+    batches = ordered_batches(bundle, split, batch_size, device)
+    if batches is None:
         raise VaelabError(f"{data} has no {split} split; pass --split with one it has (train, valid, test)")
-    codes = torch.cat([latents(b.to(device)).cpu() for b in x.split(batch_size)])
+    codes = torch.cat([latents(b).cpu() for b in batches])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, codes.numpy())

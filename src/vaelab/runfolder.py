@@ -125,14 +125,20 @@ def checkpoint_sha256(parent_run: str | Path) -> str:
 
 
 def check_parent(child: str | Path, parent_run: str, recorded: str) -> None:
-    """Refuse (one line) a child whose parent's checkpoint is not the one it was started on."""
+    """Refuse (one line) a child whose parent's checkpoint is not the one it was started on, or
+    whose recorded hash ``recorded`` is empty (nothing to check against)."""
     if not Path(parent_run).is_dir():
         raise VaelabError(
             f"run {child} builds on {parent_run}, which is not there; restore the parent run "
             "folder (or run from the folder its path is relative to)"
         )
+    if not recorded:
+        raise VaelabError(
+            f"run {child} builds on {parent_run} but recorded no checkpoint hash of it (parent.sha256 "
+            f"is empty), so its parent cannot be checked; retrain {child} on the parent"
+        )
     now = checkpoint_sha256(parent_run)
-    if recorded and now != recorded:
+    if now != recorded:
         raise VaelabError(
             f"run {child} was started on parent {parent_run} with checkpoint sha256 {recorded[:12]}, but the "
             f"parent's checkpoint is now {now[:12]}; restore that parent checkpoint or retrain {child}"

@@ -412,7 +412,8 @@ def run_lda(
 
     from vaelab import sections as sec
     from vaelab.data.ap import resolve_corpus
-    from vaelab.vi.lda import torch_threads, unigram_perplexity
+    from vaelab.threads import torch_threads
+    from vaelab.vi.lda import unigram_perplexity
 
     d, t = settings.data, settings.train
     corpus = resolve_corpus(d.name)

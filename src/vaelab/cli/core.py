@@ -197,28 +197,21 @@ def eval_cmd(args: argparse.Namespace) -> int:
 def _sample_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("-n", type=int, default=64, help="number of samples")
-    p.add_argument("--png", help="also write the grid to this PNG file")
+    p.add_argument("--png", help="also draw image samples as a grid into this PNG file")
     _common(p)
 
 
-@command("sample", "draw samples from a trained run (the report's samples section; images also as PNG)",
+@command("sample", "draw samples from a trained run (the report's samples section; --png: a grid as PNG)",
          _sample_args)
 def sample_cmd(args: argparse.Namespace) -> int:
     from vaelab.experiment import resolve_device, sample_run
-    from vaelab.report.html import figure_png
-    from vaelab.report.plots import image_grid
-    from vaelab.sections import ImagesSection
 
     if args.n < 1:
         raise VaelabError(f"-n must be >= 1, got {args.n}")
-    section = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed)
+    section = sample_run(args.run, resolve_device(args.device), args.n, 0 if args.seed is None else args.seed,
+                         png=args.png)
     where = f"section {section.name!r} of {Path(args.run) / 'sections.json'}"
-    if isinstance(section, ImagesSection):
-        png = Path(args.png) if args.png else Path(args.run) / "figures" / "samples.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        png.write_bytes(figure_png(image_grid(section.images, title=f"{args.n} samples")))
-        where = f"{png} and {where}"
-    print(f"{args.n} samples: {where}")
+    print(f"{args.n} samples: {where}" + (f" and {args.png}" if args.png else ""))
     return 0
 
 

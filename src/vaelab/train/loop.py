@@ -1,8 +1,8 @@
 """The training loop: small, generic, and ignorant of what is being trained.
 
 It sees a model whose ``forward(batch)`` returns a ``LossOutput`` (``loss`` plus named per-example
-terms) and whose ``train_step`` it sets before every step, an iterable of batches, and a
-``TrainConfig``. Schedules are pure functions of the step;
+terms) and whose ``train_step`` (declared on ``Model``) it sets before every step, an iterable
+of batches, and a ``TrainConfig``. Schedules are pure functions of the step;
 logging, checkpointing and early stopping are callbacks. A non-finite loss stops the run with a
 clear message and writes no checkpoint, so the last good one stays. Ctrl-C or SIGTERM finishes the
 current step, writes a resumable checkpoint and stops; a second signal stops at once.
@@ -24,13 +24,14 @@ from torch import nn
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.evaluation.metrics import loss_term_sums
+from vaelab.threads import torch_threads
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.averaging import ParameterAverage, raw_weight_tensors, raw_weights
-from vaelab.train.batching import TensorBatches
+from vaelab.train.batching import TensorBatches, batch_seed
 from vaelab.train.callbacks import Callback
 from vaelab.train.schedules import learning_rate
 
-__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss"]
+__all__ = ["Trainer", "build_optimizer", "NonFiniteLoss", "noise_seed"]
 
 
 class NonFiniteLoss(VaelabError):
@@ -95,6 +96,12 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def noise_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global generator for ``step`` on process ``rank`` of a multi-process run
+    (an index of its own, -3, apart from the batches' binarisation seeds)."""
+    return batch_seed(seed, step, -3, rank)
+
+
 def collective_device(model_device: torch.device) -> torch.device:
     """Where the tensors of this process group's collectives must live: nccl reduces only CUDA
     tensors (the model's device); gloo and the others reduce CPU tensors. Needs an initialised group."""
@@ -106,8 +113,9 @@ class Trainer:
 
     Args:
         model: an ``nn.Module`` whose ``forward(batch)`` returns an object with a scalar ``loss``
-            and a ``scalar_vector()`` method (``vaelab.models.LossOutput``). If it has an attribute
-            ``train_step`` it is set to the global step before each step.
+            and a ``scalar_vector()`` method (``vaelab.models.LossOutput``). Its ``train_step``
+            (declared on ``vaelab.models.Model``) is set to the global step before every step, for
+            the schedules inside the loss.
         cfg: the ``[train]`` section.
         train_batches / valid_batches: ``TensorBatches`` (anything with ``epoch(e, start)`` and
             ``len``).
@@ -294,9 +302,14 @@ class Trainer:
                                 "lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=10)")
 
     def fit(self, resume: str | Path | None = None) -> Trainer:
-        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C/SIGTERM or a failure."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        """Train until ``total_steps``, a time limit, early stopping, Ctrl-C/SIGTERM or a failure.
+
+        ``train.threads`` holds only while fitting: torch's thread count is restored on the way out.
+        """
+        with torch_threads(self.cfg.threads):
+            return self._fit(resume)
+
+    def _fit(self, resume: str | Path | None) -> Trainer:
         if self.average is not None:  # fit() after fit(): train the raw weights
             self.average.unswap()
         if resume is not None:
@@ -322,6 +335,12 @@ class Trainer:
                         if not model.training:  # a walk over every submodule: only after evaluation
                             model.train()
                         model.train_step = self.step  # the step, for schedules inside the loss
+                        if self.world > 1:
+                            # each process its own noise (the reparameterisation's eps, dropout): a
+                            # pure function of (seed, step, rank), so a resumed run draws it again
+                            # exactly without every rank's generator state in the checkpoint; one
+                            # process keeps the stream torch.manual_seed(train.seed) started
+                            torch.manual_seed(noise_seed(self.cfg.seed, self.step, self.rank))
                         out = loss_fn(batch)
                         for p in params:  # zero_grad(set_to_none=True) without its per-step wrapper
                             p.grad = None

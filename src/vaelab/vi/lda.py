@@ -42,7 +42,6 @@ training counts: the floor every topic model must beat.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -58,6 +57,7 @@ from scipy.special import gammaln, polygamma, psi
 from torch import Tensor
 
 from vaelab.errors import VaelabError
+from vaelab.threads import torch_threads
 from vaelab.vi.cavi import CaviTrace, cavi
 from vaelab.vi.corpus import Corpus, split_tokens
 
@@ -76,7 +76,6 @@ __all__ = [
     "dirichlet_newton",
     "symmetric_dirichlet_newton",
     "sample_corpus",
-    "torch_threads",
 ]
 
 _DT = torch.float64
@@ -150,25 +149,6 @@ class OnlineLDAConfig(LDAConfig):
             raise VaelabError(f"kappa must be in (0.5, 1], got {self.kappa}")
         if self.tau0 < 0:
             raise VaelabError(f"tau0 must be >= 0, got {self.tau0}")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch intra-op threads (None: unchanged), restoring the setting after.
-
-    Small sparse products gain little from threads, and on a machine whose other cores are busy an
-    OpenMP team waiting for a descheduled thread can make every op ten times slower; one thread is
-    then the fast choice.
-    """
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ TESTED = {
     "kl": "tests/test_vi_*.py",
     "lda": "tests/test_vi_*.py",
     "ising": "tests/test_vi_*.py",
+    "reproduce": "tests/test_reproduce*.py",
 }
 
 

@@ -4,6 +4,7 @@ Every module under src/vaelab is parsed with ``ast``; every import, at module le
 functions, is resolved to the vaelab module it names (relative imports included). The rules:
 
 * ``cli/`` is on top: nothing else imports ``vaelab.cli`` (``vaelab/__main__.py`` is the CLI's).
+* ``reproduce/`` stands just below the CLI: no library layer imports it.
 * Below the CLI, no module imports names from the package root (``from vaelab import __version__``
   runs the root's re-exports of every layer); importing a submodule through it is fine.
 * ``train/`` imports no ``models``, ``data`` or ``experiment``, and does not reach them through the
@@ -32,18 +33,19 @@ LEAVES = ("vaelab.sections", "vaelab.runfolder", "vaelab.schedules", "vaelab._ve
           "vaelab.spec", "vaelab.checksums", "vaelab.threads")
 LAYERS = ("vaelab.cli", "vaelab.models", "vaelab.train", "vaelab.data", "vaelab.vi", "vaelab.evaluation",
           "vaelab.report", "vaelab.experiment", "vaelab.config", "vaelab.estimators", "vaelab.divergences",
-          "vaelab.distributions", "vaelab.nn")
+          "vaelab.distributions", "vaelab.nn", "vaelab.mcmc", "vaelab.reproduce")
 
 # importer package -> module prefixes it must not import (at any level)
+_TOP = ("vaelab.cli", "vaelab.reproduce")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "vaelab.train": ("vaelab.models", "vaelab.data", "vaelab.experiment", "vaelab.cli"),
-    "vaelab.models": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", "vaelab.cli"),
-    "vaelab.vi": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", "vaelab.cli"),
-    "vaelab.evaluation": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", "vaelab.cli"),
+    "vaelab.train": ("vaelab.models", "vaelab.data", "vaelab.experiment", *_TOP),
+    "vaelab.models": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", *_TOP),
+    "vaelab.vi": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", *_TOP),
+    "vaelab.evaluation": ("vaelab.train", "vaelab.data", "vaelab.experiment", "vaelab.report", *_TOP),
     "vaelab.data": ("vaelab.models", "vaelab.train", "vaelab.evaluation", "vaelab.experiment",
-                    "vaelab.report", "vaelab.cli"),
+                    "vaelab.report", *_TOP),
     "vaelab.report": ("torch", "vaelab.models", "vaelab.train", "vaelab.evaluation", "vaelab.data",
-                      "vaelab.experiment", "vaelab.cli"),
+                      "vaelab.experiment", *_TOP),
     **{leaf: ("torch", *LAYERS) for leaf in ("vaelab.sections", "vaelab.runfolder", "vaelab._version",
                                              "vaelab.checksums")},
     **{leaf: LAYERS for leaf in ("vaelab.schedules", "vaelab.errors", "vaelab.spec", "vaelab.threads")},

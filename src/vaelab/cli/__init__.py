@@ -29,7 +29,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules whose import registers subcommands. New families add their module here.
-_COMMAND_MODULES = ("vaelab.cli.core", "vaelab.cli.vi", "vaelab.cli.data")
+_COMMAND_MODULES = ("vaelab.cli.core", "vaelab.cli.vi", "vaelab.cli.data", "vaelab.cli.reproduce")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None):

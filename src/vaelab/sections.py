@@ -197,8 +197,9 @@ class CurvesSection(Section):
     """Curves in the plane, each with its own points: ``x`` and ``y`` (M, N), one row per curve
     (NaN ends a shorter curve), ``labels`` (M names, "" for none), ``styles`` (M matplotlib format
     strings such as "-", "--", ".-"; default solid), ``colors`` (M matplotlib colours; default by
-    label, so a curve sharing its predecessor's label shares its colour), axis names, and
-    ``equal_aspect`` for geometry (one unit the same length on both axes)."""
+    label, so a curve sharing its predecessor's label shares its colour), axis names,
+    ``equal_aspect`` for geometry (one unit the same length on both axes), and ``logx`` for a
+    logarithmic x axis."""
 
     x: np.ndarray
     y: np.ndarray
@@ -208,6 +209,7 @@ class CurvesSection(Section):
     xlabel: str = ""
     ylabel: str = ""
     equal_aspect: bool = False
+    logx: bool = False
 
 
 @section_kind("heatmap")

@@ -174,7 +174,8 @@ def _lines(s: sec.LinesSection) -> Block:
 
 @renderer("curves")
 def _curves(s: sec.CurvesSection) -> Block:
-    fig = plots.curves_plot(s.x, s.y, s.labels, s.styles, s.colors, s.xlabel, s.ylabel, s.equal_aspect)
+    fig = plots.curves_plot(s.x, s.y, s.labels, s.styles, s.colors, s.xlabel, s.ylabel, s.equal_aspect,
+                            s.logx)
     return _figure(s, fig, "")
 
 

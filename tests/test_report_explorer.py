@@ -15,6 +15,7 @@ Set ``VAELAB_REPORT_SCREENSHOT_DIR=DIR`` to keep a screenshot of the explorer (D
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -52,7 +53,7 @@ class DevTools:
         self.timeout = timeout
         cmd_r, self._cmd_w = os.pipe()  # we write commands, the browser reads them on fd 3
         self._out_r, out_w = os.pipe()  # the browser writes replies on fd 4
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the browser's output, closed in close()
         self.proc = subprocess.Popen(
             # a small Python launcher puts the pipe ends on fds 3 and 4, where the browser expects them
             [sys.executable, "-c", _LAUNCH, str(cmd_r), str(out_w), _chromium(), *_FLAGS,
@@ -119,10 +120,8 @@ class DevTools:
         return r["result"].get("value")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             self.call("Browser.close", session=False)
-        except (OSError, RuntimeError, TimeoutError):
-            pass
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -198,7 +197,8 @@ def _expected_cell(s: sec.ExplorerSection, fx: float, fy: float) -> tuple[int, i
 
 # fractions of the plane: corners, centre, and points off the cell centres (near cell edges)
 # each at least 0.05 cells (0.7 px) from a cell edge, where two cells are equally near
-POSITIONS = [(0.02, 0.03), (0.97, 0.02), (0.515, 0.49), (0.03, 0.98), (0.98, 0.97), (0.31, 0.72), (0.66, 0.18)]
+POSITIONS = [(0.02, 0.03), (0.97, 0.02), (0.515, 0.49), (0.03, 0.98), (0.98, 0.97), (0.31, 0.72),
+             (0.66, 0.18)]
 
 
 def test_the_shown_decode_follows_the_pointer_and_is_the_nearest_cells(

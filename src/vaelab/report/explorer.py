@@ -114,7 +114,9 @@ _SCRIPT = """
   }
   plane.addEventListener("pointermove", e => at(e.clientX, e.clientY));
   plane.addEventListener("pointerdown", e => at(e.clientX, e.clientY));
-  const touch = e => { if (e.touches.length) { e.preventDefault(); at(e.touches[0].clientX, e.touches[0].clientY); } };
+  const touch = e => {
+    if (e.touches.length) { e.preventDefault(); at(e.touches[0].clientX, e.touches[0].clientY); }
+  };
   plane.addEventListener("touchstart", touch, {passive: false});
   plane.addEventListener("touchmove", touch, {passive: false});
   const start = () => show(0, 0);
@@ -234,7 +236,7 @@ def explorer_html(s: ExplorerSection) -> str:
         f"<img class='vx-sprite' hidden alt='the {g}×{g} decodes' src='data:image/png;base64,{sprite}'>"
         f"<script type='application/json' class='vx-data'>{json.dumps(data, separators=(',', ':'))}</script>"
         f"<script>{_SCRIPT % {'id': json.dumps(block_id), 'px': PLANE_PX}}</script>"
-        "<noscript><p class='note'>The latent explorer needs JavaScript; the latent manifold "
+        "<noscript><p class='vx-axis'>The latent explorer needs JavaScript; the latent manifold "
         "figure shows the same decoder on a coarser grid.</p></noscript>"
         "</div>"
         + (f"<p class='vx-axis'>{html.escape(s.caption)}</p>" if s.caption else "")

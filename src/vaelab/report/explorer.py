@@ -43,7 +43,7 @@ _TAB20 = _TAB10 + ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
 _RAMP = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"]  # viridis
 
 _STYLE = """
-.vx{display:flex;flex-wrap:wrap;gap:1.2rem;align-items:flex-start;margin:.5rem 0}
+.vx{display:inline-flex;max-width:100%;flex-wrap:wrap;gap:1.2rem;align-items:flex-start;margin:.5rem 0}
 .vx-plane{border:1px solid #ccc;cursor:crosshair;touch-action:none;background:#fff}
 .vx-view{border:1px solid #ccc;image-rendering:pixelated;background:#000}
 .vx-z{font-family:ui-monospace,monospace;font-size:.9rem;margin:.3rem 0}
@@ -103,7 +103,7 @@ _SCRIPT = """
     const cw = side / G;  // outline the grid cell shown
     c.strokeStyle = "#000"; c.lineWidth = 1.5;
     c.strokeRect(toPx(d.grid[j]) - cw / 2, side - toPx(d.grid[i]) - cw / 2, cw, cw);
-    out.textContent = "z = (" + z1.toFixed(2) + ", " + z2.toFixed(2) + ")   grid point (" +
+    out.textContent = "z = (" + z1.toFixed(2) + ", " + z2.toFixed(2) + "), nearest grid point (" +
       d.grid[j].toFixed(2) + ", " + d.grid[i].toFixed(2) + ")";
   }
   function at(clientX, clientY) {

@@ -110,7 +110,7 @@ def test_a_2d_vae_writes_the_explorer_and_a_larger_latent_does_not() -> None:
     with torch.no_grad():
         found = {s.name: s for s in _vae().report_sections(inputs)}
     s = found["explorer"]
-    assert isinstance(s, sec.ExplorerSection) and s.images.shape[:2] == (40, 40)
+    assert isinstance(s, sec.ExplorerSection) and s.images.shape[:2] == (41, 41)
     assert np.array_equal(s.codes, found["latents"].codes) and np.array_equal(s.labels, np.arange(64) % 3)
     torch.manual_seed(0)
     big = VAE(VAEConfig(latent_dim=3, hidden=[16]), DataSpec(shape=(1, 7, 5), values="binary")).eval()

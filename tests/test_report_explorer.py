@@ -4,7 +4,7 @@ headless Chromium, and the image shown must be the decode of the grid cell neare
 The browser is driven through the Chrome DevTools Protocol over ``--remote-debugging-pipe`` with the
 standard library only (JSON messages ended by NUL on file descriptors 3 and 4), so the events are the
 browser's own input events (``Input.dispatchMouseEvent`` / ``Input.dispatchTouchEvent``), not events
-made up by a script in the page. The run folder is synthetic: every cell of the 30 x 30 grid holds
+made up by a script in the page. The run folder is synthetic: every cell of the 31 x 31 grid holds
 different random pixels, so the right answer is known for each pointer position and a wrong cell, a
 transposed grid or a flipped axis cannot pass.
 
@@ -36,7 +36,7 @@ from vaelab.report import build_report
 
 pytestmark = pytest.mark.browser
 
-G, C, H, W = 30, 3, 5, 6  # non-square RGB tiles: a swapped H and W or a lost channel shows
+G, C, H, W = 31, 3, 5, 6  # non-square RGB tiles: a swapped H and W or a lost channel shows
 
 
 _LAUNCH = (
@@ -197,7 +197,7 @@ def _expected_cell(s: sec.ExplorerSection, fx: float, fy: float) -> tuple[int, i
 
 # fractions of the plane: corners, centre, and points off the cell centres (near cell edges)
 # each at least 0.05 cells (0.7 px) from a cell edge, where two cells are equally near
-POSITIONS = [(0.02, 0.03), (0.97, 0.02), (0.515, 0.49), (0.03, 0.98), (0.98, 0.97), (0.31, 0.72),
+POSITIONS = [(0.02, 0.03), (0.97, 0.02), (0.53, 0.47), (0.03, 0.98), (0.98, 0.97), (0.31, 0.72),
              (0.66, 0.18)]
 
 
@@ -210,9 +210,9 @@ def test_the_shown_decode_follows_the_pointer_and_is_the_nearest_cells(
         tools.open(page.as_uri(), 1100, 900)
         tools.js("document.getElementById('vx-explorer').scrollIntoView(); 0")
         first = explorer_state(tools, "vx-explorer", H, W)
-        i0, j0 = int(np.abs(s.grid).argmin()), int(np.abs(s.grid).argmin())
-        assert first["cell"] == f"{i0},{j0}", "before any pointer move the explorer shows z = (0, 0)"
-        np.testing.assert_array_equal(first["px"], s.images[i0, j0].transpose(1, 2, 0))
+        centre = G // 2  # G is odd: z = 0 is the grid point in the middle
+        assert first["cell"] == f"{centre},{centre}", "before any pointer move the explorer shows z = (0, 0)"
+        np.testing.assert_array_equal(first["px"], s.images[centre, centre].transpose(1, 2, 0))
         left, top, width, height = first["box"]
         assert width > 300 and height > 300, first["box"]
         shown = [first["px"]]

@@ -22,9 +22,10 @@ from vaelab.sections import ExplorerSection
 
 __all__ = ["explorer_grid", "explorer_section", "is_image_shape", "EXPLORER_GRID"]
 
-EXPLORER_GRID = 40
-"""Default grid size G: 1,600 decodes; for 28 x 28 MNIST digits they add about 0.75 MB to the page
-(a 1120 x 1120 grey PNG sprite, base64), 0.83 MB with 5,000 posterior means."""
+EXPLORER_GRID = 41
+"""Default grid size G: 1,681 decodes, odd so that z = 0 (the prior's mode, shown first) is a grid
+point. For 28 x 28 MNIST digits they add about 0.8 MB to the page (a 1148 x 1148 grey PNG sprite in
+base64), 0.9 MB with 5,000 posterior means."""
 
 _COVER = 0.995  # the plane covers this fraction of the posterior means on each axis ...
 _MARGIN = 1.1  # ... times a margin, so the outermost means are not on the edge

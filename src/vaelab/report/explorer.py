@@ -226,7 +226,7 @@ def explorer_html(s: ExplorerSection) -> str:
     return (
         f"<style>{_STYLE}</style>"
         f"<div class='vx' id='{block_id}'>"
-        f"<div><canvas class='vx-plane' style='width:{PLANE_PX}px;height:{PLANE_PX}px' "
+        f"<div><canvas class='vx-plane' style='width:{PLANE_PX}px;max-width:100%;aspect-ratio:1' "
         f"width='{PLANE_PX}' height='{PLANE_PX}' role='img' "
         f"aria-label='latent plane with {shown} posterior means'></canvas>"
         f"<p class='vx-axis'>z1 → (from {lo:.2f} to {hi:.2f}), z2 ↑ (the same)</p></div>"

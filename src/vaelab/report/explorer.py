@@ -103,8 +103,9 @@ _SCRIPT = """
     const cw = side / G;  // outline the grid cell shown
     c.strokeStyle = "#000"; c.lineWidth = 1.5;
     c.strokeRect(toPx(d.grid[j]) - cw / 2, side - toPx(d.grid[i]) - cw / 2, cw, cw);
-    out.textContent = "z = (" + z1.toFixed(2) + ", " + z2.toFixed(2) + "), nearest grid point (" +
-      d.grid[j].toFixed(2) + ", " + d.grid[i].toFixed(2) + ")";
+    const f = v => (Math.abs(v) < 0.005 ? 0 : v).toFixed(2);  // no "-0.00"
+    out.textContent = "z = (" + f(z1) + ", " + f(z2) + "), nearest grid point (" + f(d.grid[j]) + ", " +
+      f(d.grid[i]) + ")";
   }
   function at(clientX, clientY) {
     const b = plane.getBoundingClientRect();  // the border box: the plane is inside the border
@@ -119,7 +120,7 @@ _SCRIPT = """
   };
   plane.addEventListener("touchstart", touch, {passive: false});
   plane.addEventListener("touchmove", touch, {passive: false});
-  const start = () => show(0, 0);
+  const start = () => show((lo + hi) / 2, (lo + hi) / 2);  // the centre: z = 0 for a symmetric grid
   if (sprite.complete && sprite.naturalWidth) start(); else sprite.addEventListener("load", start);
 })();
 """

@@ -18,6 +18,7 @@ import numpy as np
 
 from vaelab import sections as sec
 from vaelab.report import plots
+from vaelab.report.explorer import explorer_html
 from vaelab.report.html import Section as Block
 from vaelab.report.html import figure_png, image_mime, note_html, table_html
 
@@ -164,6 +165,11 @@ def _manifold(s: sec.ManifoldSection) -> Block:
 def _scatter(s: sec.ScatterSection) -> Block:
     by = "coloured by label" if s.labels is not None else "(no labels saved)"
     return _figure(s, plots.latent_scatter(s.codes, s.labels), f"Codes of {len(s.codes)} examples, {by}.")
+
+
+@renderer("explorer")
+def _explorer(s: sec.ExplorerSection) -> Block:
+    return Block(s.title, explorer_html(s))
 
 
 @renderer("lines")

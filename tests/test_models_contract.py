@@ -11,12 +11,14 @@ from vaelab.models import MODELS, build_model
 from vaelab.models.base import (
     AutoregressivePrior,
     DiscreteCodeModel,
+    GenerativeLatentModel,
     LatentVariableModel,
     Model,
     Reconstructing,
     ReportInputs,
     Sampling,
 )
+from vaelab.models.mcem import MCEMConfig
 from vaelab.models.vae import VAEConfig
 from vaelab.spec import KINDS, DataSpec
 from vaelab.train import checkpoint as ckpt
@@ -51,6 +53,16 @@ CASES = {
             _binary((1, 3, 3)),
         ),
     ],
+    "mcem": [
+        (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),
+         DataSpec((1, 3, 3), "binary"), _binary((1, 3, 3))),
+        (
+            MCEMConfig(latent_dim=1, hidden=[6], likelihood="gaussian", hmc_transitions=1, leapfrog_steps=2,
+                       updates_per_sample=1),
+            DataSpec((1, 2, 2), "continuous"),
+            _grey((1, 2, 2)),
+        ),
+    ],
 }
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name, cases in CASES.items() for i in range(len(cases))]
@@ -78,7 +90,8 @@ def test_loss_shapes_and_finiteness(name, i):
             assert term.shape == (5,) and torch.isfinite(term).all()
     if out.elbo is not None and out.kl is not None and model.config.objective == "elbo":
         assert torch.allclose(out.elbo, out.reconstruction - out.kl, atol=1e-5)
-    assert (out.kl >= -1e-6).all()  # the analytic KL of a Gaussian to N(0, I) cannot be negative
+    if out.kl is not None:
+        assert (out.kl >= -1e-6).all()  # the analytic KL of a Gaussian to N(0, I) cannot be negative
 
 
 @pytest.mark.parametrize("name,i", PARAMS)
@@ -88,6 +101,15 @@ def test_declared_interfaces_hold(name, i):
     model.eval()
     assert isinstance(model, Model) and model.data_kinds and model.spec.kind in model.data_kinds
     b = x.shape[0]
+    if isinstance(model, GenerativeLatentModel):
+        p = model.prior()
+        assert p.event_shape == (model.latent_dim,)
+        z = p.sample((3, b))
+        px = model.decode(z)
+        assert isinstance(px, Distribution) and px.batch_shape == (3, b)
+        # log p(x, z) = log p(z) + log p(x|z), from the declared pieces
+        direct = p.log_prob(z) + px.log_prob(x.reshape(b, *px.event_shape))
+        torch.testing.assert_close(model.log_joint(x, z), direct)
     if isinstance(model, LatentVariableModel):
         q, p = model.encode(x), model.prior()
         assert isinstance(q, Distribution) and q.batch_shape == (b,) and q.event_shape == (model.latent_dim,)
@@ -168,7 +190,8 @@ def test_train_step_changes_weights_and_eval_does_not(name, i):
     model.loss(x).loss.backward()
     opt.step()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
-    assert set(changed) == {k for k, _ in model.named_parameters()}
+    # every weight moves; a training buffer may too (MCEM's adapted HMC step size)
+    assert set(changed) >= {k for k, _ in model.named_parameters()}
 
 
 @pytest.mark.parametrize("name,i", PARAMS)

@@ -31,8 +31,15 @@ from torch import Tensor
 from vaelab.config import RunConfig, config_from_dict, dump_json
 from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
 from vaelab.errors import VaelabError
+from vaelab.evaluation.ais import AISSettings
 from vaelab.models import Model, build_model
-from vaelab.models.base import DiscreteCodeModel, LatentVariableModel, ReportInputs, Sampling
+from vaelab.models.base import (
+    DiscreteCodeModel,
+    GenerativeLatentModel,
+    LatentVariableModel,
+    ReportInputs,
+    Sampling,
+)
 from vaelab.runfolder import (
     RUN_VERSION,
     check_parent,
@@ -44,7 +51,7 @@ from vaelab.runfolder import (
 from vaelab.sections import Section, evaluation_section, write_sections
 from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
-from vaelab.train.batching import TensorBatches, dynamic_binarize
+from vaelab.train.batching import RepeatedBatches, TensorBatches, dynamic_binarize
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
 from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
@@ -77,7 +84,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
-Batches = TensorBatches | SequenceBatches
+Batches = TensorBatches | SequenceBatches | RepeatedBatches
 """What the trainer and the evaluation iterate: ``epoch(e, start)`` and ``len``."""
 
 
@@ -216,7 +223,9 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
     b = split_batches(bundle, cfg, device, rank=rank, world=world)
     if b.check is not None:
         model.check_data(b.check)
-    return Prepared(cfg, model, spec, bundle, b.train, b.valid, b.test, b.test_labels, device, b.valid_labels)
+    # a model that takes several consecutive steps on each batch (Monte Carlo EM) sees each one repeated
+    train = RepeatedBatches(b.train, model.steps_per_batch) if model.steps_per_batch > 1 else b.train
+    return Prepared(cfg, model, spec, bundle, train, b.valid, b.test, b.test_labels, device, b.valid_labels)
 
 
 def run_meta(cfg: RunConfig, spec: DataSpec) -> dict:
@@ -370,11 +379,17 @@ def evaluate_run(
     progress: bool | None = None,
     which: str = "best",
     seed: int | None = None,
+    ais: AISSettings | None = None,
 ) -> dict:
     """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
     sections and the evaluation -> sections.json. ``k``, ``max_examples`` and ``seed`` replace the
-    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given."""
+    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given.
+
+    ``ais``: estimate log p(x) by annealed importance sampling with these settings instead of IS;
+    a model with a prior and decoder but no encoder (a ``GenerativeLatentModel`` that is not a
+    ``LatentVariableModel``, e.g. MCEM) is always evaluated by AIS (default ``AISSettings``)."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
+    from vaelab.evaluation.ais import ais_log_likelihood
     from vaelab.evaluation.units import example_counts, negative_elbo_per_example, units
 
     run_dir = Path(run_dir)
@@ -396,15 +411,24 @@ def evaluate_run(
     result = {"split": split, "checkpoint": str(used), "step": _checkpoint_step(used), "weights": weights}
     terms = mean_loss_terms(model, batches.epoch(0))
     result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
-    if isinstance(model, LatentVariableModel):
+    encoder_free = isinstance(model, GenerativeLatentModel) and not isinstance(model, LatentVariableModel)
+    if ais is None and encoder_free:
+        ais = AISSettings()  # no encoder to importance-sample with
+    if ais is not None:
+        if not isinstance(model, GenerativeLatentModel):
+            raise VaelabError(f"--ais: model {cfg.model.name!r} has no prior and decoder to anneal between; "
+                              "evaluate it without --ais")
+        ll = ais_log_likelihood(model, batches.epoch(0), ais, progress=bool(progress))
+        result.update(ll.as_dict())
+    elif isinstance(model, LatentVariableModel):
         ll = importance_sampled_log_likelihood(
             model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
         )
         result.update(ll.as_dict())
     # the likelihood in the units of the data kind (bits/dim, perplexity per token, ...): from the
-    # importance-sampled log p(x) where there is one, else from the loss's per-example -ELBO
+    # importance-sampled (or AIS) log p(x) where there is one, else from the loss's per-example -ELBO
     fitted = None
-    if isinstance(model, LatentVariableModel):
+    if isinstance(model, GenerativeLatentModel):
         counts = torch.cat([example_counts(b) for b in batches.epoch(0)])
         fitted = units(prep.spec.kind, -ll.log_px, counts)
     elif "elbo" in terms:
@@ -521,7 +545,14 @@ def encode_run(
 def format_eval(result: dict) -> str:
     """A short human table of an eval.json."""
     lines = []
-    if "log_px" in result:
+    if result.get("method") == "ais":
+        lines.append(
+            f"AIS log p(x) {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
+            f"(T={result['ais_n_steps']}, {result['ais_chains']} chains, chain s.e. "
+            f"{result['log_px_chain_stderr']:.2f}, {result['n_examples']} {result['split']} examples, "
+            f"acceptance {result['ais_accept_rate']:.2f})"
+        )
+    elif "log_px" in result:
         lines.append(
             f"IS log p(x)  {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
             f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "

@@ -165,6 +165,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--is-samples", type=int, default=None, help="importance samples K per example")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N test examples")
+    p.add_argument("--ais", type=int, default=None, metavar="N",
+                   help="estimate log p(x) by annealed importance sampling with N intermediate distributions "
+                        "instead of importance sampling")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per example (with --ais)")
+    p.add_argument("--ais-leapfrog", type=int, default=10,
+                   help="leapfrog steps per HMC transition (with --ais)")
     p.add_argument(
         "--checkpoint",
         choices=["best", "latest"],
@@ -176,10 +182,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "evaluate a run: test ELBO, IS log p(x) ± s.e., bits/dim, KL, active units", _eval_args)
 def eval_cmd(args: argparse.Namespace) -> int:
+    from vaelab.evaluation.ais import AISSettings
     from vaelab.experiment import evaluate_run, format_eval, resolve_device
 
     if args.is_samples is not None and args.is_samples < 1:
         raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
+    ais = None
+    if args.ais is not None:
+        ais = AISSettings(n_steps=args.ais, chains=args.ais_chains, leapfrog=args.ais_leapfrog)
+        ais.validate()
     result = evaluate_run(
         args.run,
         resolve_device(args.device),
@@ -188,6 +199,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         progress=args.progress,
         which=args.checkpoint,
         seed=args.seed,
+        ais=ais,
     )
     print(format_eval(result))
     print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")

@@ -1,10 +1,12 @@
 """Model families. Importing this package registers every built-in model."""
 
+from vaelab.models import mcem as _mcem  # noqa: F401  (registers "mcem")
 from vaelab.models import vae as _vae  # noqa: F401  (registers "vae")
 from vaelab.models.base import (
     MODELS,
     AutoregressivePrior,
     DiscreteCodeModel,
+    GenerativeLatentModel,
     LatentVariableModel,
     LossOutput,
     Model,
@@ -22,6 +24,7 @@ __all__ = [
     "MODELS",
     "AutoregressivePrior",
     "DiscreteCodeModel",
+    "GenerativeLatentModel",
     "LatentVariableModel",
     "LossOutput",
     "Model",

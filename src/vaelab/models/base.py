@@ -4,7 +4,9 @@ and the model registry.
 Every family subclasses :class:`Model` (trainable: ``loss``; declares the data kinds it accepts and
 the report sections it writes) and, as mixins, the capabilities it has:
 
-* :class:`LatentVariableModel`: ``encode(x)`` -> q(z|x), ``decode(z)`` -> p(x|z), ``prior()`` -> p(z),
+* :class:`GenerativeLatentModel`: ``decode(z)`` -> p(x|z), ``prior()`` -> p(z), ``latent_dim``, and
+  the concrete ``log_joint(x, z)``, ``log_likelihood(x, z)`` (a model without an encoder: MCEM).
+* :class:`LatentVariableModel` (a ``GenerativeLatentModel``): ``encode(x)`` -> q(z|x),
   ``log_importance_weights(x, k)`` (importance-sampled log p(x)), ``posterior_mean(x)`` (latents).
 * :class:`Reconstructing`: ``reconstruct(x)``, an example of the data's own form.
 * :class:`Sampling`: ``sample(n)``, n examples of the data's own form; ``samples_section(n)``.
@@ -39,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "ReportInputs",
     "Model",
+    "GenerativeLatentModel",
     "LatentVariableModel",
     "Reconstructing",
     "Sampling",
@@ -59,7 +62,9 @@ class LossOutput:
     The other fields are per-example (B,) tensors in nats where they apply, ``None`` otherwise:
     ``elbo`` the bound being maximised (with KL weight 1 it is a lower bound on log p(x)),
     ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q(z|x)||p(z)); VQ models fill ``commitment`` and
-    ``codebook``.
+    ``codebook``. ``extras``: a family's own monitored terms by name (per-example (B,) tensors or
+    scalars, e.g. MCEM's HMC ``accept_rate``), logged and averaged like the named fields; a name
+    must not repeat a field's.
     """
 
     loss: Tensor
@@ -68,6 +73,7 @@ class LossOutput:
     kl: Tensor | None = None
     commitment: Tensor | None = None
     codebook: Tensor | None = None
+    extras: dict[str, Tensor] | None = None
 
     def scalars(self) -> dict[str, Tensor]:
         """Batch means of every term present, detached (no host sync until the caller asks)."""
@@ -80,8 +86,8 @@ class LossOutput:
         The training loop accumulates this vector every step: when the per-example terms share a
         shape it costs one stack and one mean, instead of a mean and a sum per term.
         """
-        present = [(f.name, getattr(self, f.name)) for f in fields(self)]
-        present = [(k, v) for k, v in present if v is not None]
+        present = [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "extras"]
+        present = [(k, v) for k, v in present if v is not None] + list((self.extras or {}).items())
         names = tuple(k for k, _ in present)
         with torch.no_grad():
             loss, terms = present[0][1], [v for _, v in present[1:]]
@@ -152,6 +158,13 @@ class Model(nn.Module, ABC):
         """Raise VaelabError (naming the fix) when training examples cannot come from this model,
         e.g. grey levels for a Bernoulli decoder. The default accepts all."""
 
+    @property
+    def steps_per_batch(self) -> int:
+        """Consecutive training steps each training batch is used for (the pipeline repeats every
+        batch this many times, ``train.batching.RepeatedBatches``); 1 for most models, more for
+        Monte Carlo EM (several weight updates per posterior sample)."""
+        return 1
+
     def forward(self, batch: Any) -> LossOutput:
         # forward is the loss so that DistributedDataParallel's hooks see the computation.
         return self.loss(batch)
@@ -161,9 +174,10 @@ class Model(nn.Module, ABC):
         return next(self.parameters()).device
 
 
-class LatentVariableModel(ABC):
-    """A model p(x, z) = p(z) p(x|z) with an amortised posterior q(z|x).
+class GenerativeLatentModel(ABC):
+    """A model p(x, z) = p(z) p(x|z): a prior and a decoder, with or without an encoder.
 
+    What encoder-free evaluation needs (annealed importance sampling, ``vaelab.evaluation.ais``).
     Shapes: x is a batch (B, ...) as ``loss`` takes it; z is (..., B, latent_dim) with any sample
     dims in front.
     """
@@ -174,16 +188,33 @@ class LatentVariableModel(ABC):
         """Size of z."""
 
     @abstractmethod
-    def encode(self, x: Tensor) -> Distribution:
-        """q(z|x): batch (B,), event (latent_dim,)."""
-
-    @abstractmethod
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z): batch z.shape[:-1], event the example's (flattened or own) shape."""
 
     @abstractmethod
     def prior(self) -> Distribution:
         """p(z): event (latent_dim,)."""
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z): x (B, ...), z (..., B, latent_dim) -> (..., B) nats."""
+        px = self.decode(z)
+        return px.log_prob(x.reshape(x.shape[0], *px.event_shape))
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x, z) = log p(z) + log p(x|z): x (B, ...), z (..., B, latent_dim) -> (..., B) nats."""
+        return self.prior().log_prob(z) + self.log_likelihood(x, z)
+
+
+class LatentVariableModel(GenerativeLatentModel):
+    """A model p(x, z) = p(z) p(x|z) with an amortised posterior q(z|x).
+
+    Shapes: x is a batch (B, ...) as ``loss`` takes it; z is (..., B, latent_dim) with any sample
+    dims in front.
+    """
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x): batch (B,), event (latent_dim,)."""
 
     @abstractmethod
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:

@@ -15,6 +15,7 @@ z is (..., B, latent_dim) with any number of sample dims in front.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,7 +42,23 @@ from vaelab.schedules import linear_ramp
 from vaelab.sections import ImagesSection, ManifoldSection, ReconstructionsSection, ScatterSection, Section
 from vaelab.spec import DataSpec
 
-__all__ = ["VAE", "VAEConfig"]
+__all__ = ["VAE", "VAEConfig", "manifold_section"]
+
+
+def manifold_section(decode_mean: Callable[[Tensor], Tensor], device: torch.device, n: int = 20
+                     ) -> ManifoldSection:
+    """The decoder means over an n x n grid of 2-D latents (Kingma & Welling 2014, Fig. 4), for any
+    model with a 2-D z: ``decode_mean(z (n, n, 2)) -> (n, n, *shape)``."""
+    # a grid of z through the inverse Gaussian CDF
+    p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
+    grid = torch.distributions.Normal(0.0, 1.0).icdf(p)
+    # images[i, j] is decoded at z = (grid[j], grid[i]): columns vary z1, rows vary z2
+    z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)[..., [1, 0]]
+    return ManifoldSection(
+        name="manifold", title="Latent manifold",
+        caption=f"Decoder means over a {n}×{n} grid of latent values spaced by the inverse "
+                "Gaussian CDF (as in Kingma & Welling 2014, Figure 4).",
+        images=decode_mean(z).cpu().numpy(), grid=grid.cpu().numpy())
 
 
 @dataclass
@@ -211,16 +228,7 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
                 original=x[:16].cpu().numpy(), reconstruction=self.reconstruct(x[:16]).cpu().numpy()))
         out.append(self.samples_section(inputs.n_samples))
         if self.config.latent_dim == 2:
-            n = 20  # Kingma & Welling Fig. 4: a grid of z through the inverse Gaussian CDF
-            p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=self.device)
-            grid = torch.distributions.Normal(0.0, 1.0).icdf(p)
-            # images[i, j] is decoded at z = (grid[j], grid[i]): columns vary z1, rows vary z2
-            z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1)[..., [1, 0]]
-            out.append(ManifoldSection(
-                name="manifold", title="Latent manifold",
-                caption=f"Decoder means over a {n}×{n} grid of latent values spaced by the inverse "
-                        "Gaussian CDF (as in Kingma & Welling 2014, Figure 4).",
-                images=self.decode_mean(z).cpu().numpy(), grid=grid.cpu().numpy()))
+            out.append(manifold_section(self.decode_mean, self.device))
         if x is not None:
             codes = torch.cat([self.posterior_mean(c) for c in x.split(500)])
             labels = inputs.labels[: len(codes)].cpu().numpy() if inputs.labels is not None else None

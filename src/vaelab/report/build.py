@@ -136,8 +136,11 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
     if ev is not None:
         split = [str(ev["split"])] if "split" in ev else []
         k = [f"K = {ev['is_samples']}"] if "is_samples" in ev else []
+        method = "IS"
+        if ev.get("method") == "ais":  # annealed importance sampling: T intermediate distributions
+            method, k = "AIS", [f"T = {ev['ais_n_steps']}"]
         for key, label, facts in (
-            ("log_px", "IS log p(x)", ["nats", *split, *k]),
+            ("log_px", f"{method} log p(x)", ["nats", *split, *k]),
             ("elbo", "ELBO", ["nats", *split]),
             ("bits_per_dim", "Bits/dim", split),
             ("kl", "KL", ["nats", *split]),

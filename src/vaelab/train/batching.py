@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TensorBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed", "grey_levels"]
+__all__ = [
+    "TensorBatches", "RepeatedBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed", "grey_levels",
+]
 
 Transform = Callable[[Tensor, int], Tensor]
 """``f(batch, seed) -> batch``: a per-batch transform; ``seed`` (63 bits) is the batch's own seed, a
@@ -209,6 +211,36 @@ class TensorBatches:
             if self.transform is not None:
                 batch = self.transform(batch, batch_seed(self.seed, epoch, b, self.rank))
             yield batch
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self.epoch(0)
+
+
+class RepeatedBatches:
+    """Every batch of ``inner`` ``repeats`` times in a row: ``repeats`` consecutive training steps on
+    each batch (a model's ``steps_per_batch``, e.g. Monte Carlo EM's weight updates per sample).
+
+    An epoch is ``repeats * len(inner)`` steps; ``epoch(e, start)`` starts at step ``start`` of it, in
+    the middle of a batch's repetitions too, so a resumed run sees exactly the steps an
+    uninterrupted one would.
+    """
+
+    def __init__(self, inner, repeats: int):
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.inner = inner
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return len(self.inner) * self.repeats
+
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Tensor]:
+        """Steps ``start, start+1, ...`` of epoch ``epoch``: batch ``s // repeats`` of ``inner`` at step s."""
+        first, done = divmod(start, self.repeats)
+        for batch in self.inner.epoch(epoch, first):
+            for _ in range(self.repeats - done):
+                yield batch
+            done = 0
 
     def __iter__(self) -> Iterator[Tensor]:
         return self.epoch(0)

@@ -44,7 +44,8 @@ def reproduce_cmd(args: argparse.Namespace) -> int:
           file=sys.stderr)
     path = run_reproduction(
         args.name, out, budget=args.budget, device=device, seed=0 if args.seed is None else args.seed,
-        progress=bool(args.progress), threads=args.threads, command=command_line(getattr(args, "_argv", None)),
+        progress=bool(args.progress), threads=args.threads,
+        command=command_line(getattr(args, "_argv", None)),
     )
     print(f"report: {path}")
     return 0

@@ -99,7 +99,9 @@ def kw_config(
     return cfg
 
 
-def train_child(ctx: Context, cfg: dict[str, Any], callbacks: Sequence[Any] = (), evaluate: bool = True) -> Path:
+def train_child(
+    ctx: Context, cfg: dict[str, Any], callbacks: Sequence[Any] = (), evaluate: bool = True
+) -> Path:
     """Train (or resume, or reuse when finished) the child run ``cfg['name']`` and evaluate it.
 
     A finished child holds ``eval.json`` (written only after its training ended): it is reused as it
@@ -134,7 +136,8 @@ def child_section(run_dir: Path, name: str, new_name: str, title: str, caption: 
     if name not in found:
         raise KeyError(f"{run_dir} has no section {name!r}")
     s = found[name]
-    return dataclasses.replace(s, name=new_name, title=title, caption=caption if caption is not None else s.caption)
+    return dataclasses.replace(s, name=new_name, title=title,
+                               caption=caption if caption is not None else s.caption)
 
 
 def child_eval(run_dir: Path) -> dict[str, Any]:
@@ -210,7 +213,7 @@ def fig5(ctx: Context) -> list[Section]:
                         steps=_steps(ctx, 1e7), n_train=54_000, seed=ctx.seed, **_eval(ctx))
         run = train_child(ctx, cfg)
         s = child_section(run, "samples", f"samples-z{d}", f"{d}-D latent space",
-                          caption=f"100 random samples (decoder means) of the model with {d} latent variables.")
+                          caption=f"100 random samples (decoder means), {d} latent variables.")
         out.append(s)
         ev = child_eval(run)
         rows.append([d, _fmt(ev.get("elbo")), _fmt(ev.get("log_px"), ev.get("log_px_stderr")),
@@ -255,7 +258,8 @@ def _bound_curves(runs: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, list[s
 def fig2(ctx: Context) -> list[Section]:
     """AEVB against wake-sleep: the lower bound of the training set (the logged window means) and of
     a held-out set, against the number of training samples evaluated, per latent size."""
-    grids = (("mnist", MNIST_HIDDEN, 54_000, (3, 5, 10, 20, 200)), ("frey", FREY_HIDDEN, 1_591, (2, 5, 10, 20)))
+    grids = (("mnist", MNIST_HIDDEN, 54_000, (3, 5, 10, 20, 200)),
+             ("frey", FREY_HIDDEN, 1_591, (2, 5, 10, 20)))
     out: list[Section] = []
     rows = []
     for dataset, hidden, n_train, sizes in grids:
@@ -266,7 +270,8 @@ def fig2(ctx: Context) -> list[Section]:
             runs = {}
             for model, name in (("vae", "AEVB"), ("wake_sleep", "wake-sleep")):
                 cfg = kw_config(f"fig2-{dataset}-z{d}-{model}", model=model, dataset=dataset, latent_dim=d,
-                                hidden=hidden, steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed, **_eval(ctx))
+                                hidden=hidden, steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed,
+                                **_eval(ctx))
                 runs[name] = train_child(ctx, cfg)
                 ev = child_eval(runs[name])
                 rows.append([label, d, name, ev.get("step", 0) * BATCH, _fmt(ev.get("elbo")),

@@ -52,7 +52,7 @@ def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.T
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got)]
 
 
-def test_wake_and_sleep_gradients_touch_disjoint_parameters_and_one_loss_is_both_phases():
+def test_wake_and_sleep_gradients_touch_disjoint_parameters_and_one_loss_is_both_phases(single_thread):
     """The wake term's gradient w.r.t. the encoder is zero (z is detached), the sleep term's w.r.t.
     the decoder is zero (the dream is drawn without gradients); each is non-zero on its own side.
     So the gradient of loss = wake + sleep is, exactly, the decoder's wake gradient beside the
@@ -79,7 +79,7 @@ def test_wake_and_sleep_gradients_touch_disjoint_parameters_and_one_loss_is_both
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
 
 
-def test_wake_sleep_raises_the_exact_marginal_likelihood_and_reports_a_bound_below_it():
+def test_wake_sleep_raises_the_exact_marginal_likelihood_and_reports_a_bound_below_it(single_thread):
     """A 1-latent wake-sleep model fitted for 100 steps (Adam) to 500 vectors from a 1-latent model: the
     exact log p(x) (quadrature) of the training set rises by more than 0.5 nats per example from its
     initialisation (about 1.1 nats here); its importance-sampled log p(x) (k = 2000, shared with the
@@ -150,7 +150,7 @@ def test_init_std_draws_every_parameter_from_a_centred_normal_of_that_std(family
     assert torch.cat([p.detach().flatten() for p in default.parameters()]).std().item() < 0.05
 
 
-def test_cli_trains_the_wake_sleep_smoke_preset_end_to_end(tmp_path, capsys):
+def test_cli_trains_the_wake_sleep_smoke_preset_end_to_end(tmp_path, capsys, single_thread):
     """`vaelab train configs/smoke_wake_sleep_digits.toml`: Adagrad with a step-size search, the
     evaluation (IS log p(x) at least the ELBO, within noise) and the report."""
     out = tmp_path / "ws"

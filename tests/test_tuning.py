@@ -61,8 +61,8 @@ def test_every_trial_starts_from_the_same_init_and_draws_whatever_the_order(sing
     starts from the model's initialisation with the same seeded draws, not where the last ended."""
     model, batches = _setup()
     cfg = TrainConfig(optimizer="adagrad", batch_size=50)
-    a = tuning.search_learning_rate(model, cfg, batches, [1e-4, 0.1, 0.02], 20)
-    b = tuning.search_learning_rate(model, cfg, batches, [0.02, 0.1, 1e-4], 20)
+    a = tuning.search_learning_rate(model, cfg, batches, [1e-4, 0.1, 0.02], 20, score_examples=100)
+    b = tuning.search_learning_rate(model, cfg, batches, [0.02, 0.1, 1e-4], 20, score_examples=100)
     assert a.chosen == b.chosen == 0.1
     assert a.bounds == pytest.approx(b.bounds[::-1], abs=1e-5)
 

@@ -1,6 +1,7 @@
 """Wake-sleep (Hinton et al. 1995) against its definition and an exact marginal likelihood; the
 Kingma & Welling settings it shares with the VAE (init_std); its CLI smoke run."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -169,3 +170,31 @@ def test_cli_trains_the_wake_sleep_smoke_preset_end_to_end(tmp_path, capsys, sin
     ev = json.loads((out / "eval.json").read_text())
     assert ev["log_px"] < 0 and ev["log_px"] >= ev["elbo"] - 1.0
     assert (out / "report.html").is_file()
+
+
+def test_weight_decay_one_over_n_is_the_gaussian_prior_on_the_parameters():
+    """K&W's MAP criterion adds log N(theta; 0, I) to the sum of the N examples' bounds; divided by N
+    (our loss is a per-example mean) that is |theta|^2 / (2N). Adagrad with weight_decay = 1/N takes
+    exactly the steps of Adagrad without it on loss + |theta|^2 / (2N) (float64, 5 steps)."""
+    from vaelab.train.loop import build_optimizer
+
+    n = 360
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 3).double()
+    models = [copy.deepcopy(base) for _ in range(2)]
+    x = torch.randn(20, 6, dtype=torch.float64)
+    with_decay = build_optimizer(models[0].parameters(), TrainConfig(optimizer="adagrad", lr=0.1,
+                                                                      weight_decay=1 / n))
+    with_prior = build_optimizer(models[1].parameters(), TrainConfig(optimizer="adagrad", lr=0.1))
+    for _ in range(5):
+        for model, opt, prior in ((models[0], with_decay, False), (models[1], with_prior, True)):
+            opt.zero_grad()
+            loss = model(x).square().mean()
+            if prior:
+                loss = loss + sum(p.square().sum() for p in model.parameters()) / (2 * n)
+            loss.backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(models[0].weight, base.weight)
+

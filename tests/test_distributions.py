@@ -162,3 +162,42 @@ def test_bernoulli_head_refuses_data_that_is_not_exactly_binary(value):
     with pytest.raises(VaelabError, match=r"needs binary data .*" + fix) as exc:
         BernoulliHead().check_data(x, chunk=64)
     assert "\n" not in str(exc.value)
+
+
+def test_gaussian_sigmoid_head_is_a_normal_with_a_sigmoid_mean():
+    """log p(x|z) of the head against torch's Normal(sigmoid(m), exp(logvar / 2)), summed over the
+    event dims, with the log-variance bound of GaussianHead (min_logvar + softplus(raw - min_logvar));
+    its value and gradients must agree to float64 precision, and E[x|z] is sigmoid(m) in (0, 1)."""
+    from vaelab.distributions import LIKELIHOODS, GaussianSigmoidHead, likelihood_head
+
+    head = likelihood_head("gaussian_sigmoid")
+    assert isinstance(head, GaussianSigmoidHead) and LIKELIHOODS["gaussian_sigmoid"] is GaussianSigmoidHead
+    g = torch.Generator().manual_seed(3)
+    params = (torch.randn(7, 5, 2, 3, 4, generator=g, dtype=DT) * 3).requires_grad_()  # (S, B, P, *event)
+    x = torch.rand(5, 3, 4, generator=g, dtype=DT)
+    got = head.log_prob(params, x, (3, 4))
+    m, raw = params.unbind(2)
+    logvar = head.min_logvar + torch.nn.functional.softplus(raw - head.min_logvar)
+    ref = Independent(Normal(torch.sigmoid(m), torch.exp(0.5 * logvar)), 2).log_prob(x)
+    assert got.shape == (7, 5)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-10)
+    (ga,) = torch.autograd.grad(got.sum(), params)
+    (gb,) = torch.autograd.grad(ref.sum(), params)
+    torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-10)
+    mean = head.mean(params.detach(), 2)
+    torch.testing.assert_close(mean, torch.sigmoid(m.detach()))
+    assert mean.min() > 0 and mean.max() < 1
+
+
+@pytest.mark.parametrize("value", [1 + 1e-6, -1e-7, 255.0, float("nan")], ids=[">1", "<0", "255", "nan"])
+def test_gaussian_sigmoid_head_refuses_values_outside_the_unit_interval(value):
+    from vaelab.distributions import GaussianSigmoidHead
+
+    x = torch.rand(50, 1, 4, 4)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0  # the ends of [0, 1] are accepted
+    GaussianSigmoidHead().check_data(x)
+    x[37, 0, 2, 1] = value
+    fix = r"models values in \[0, 1\].*use model\.likelihood = gaussian"
+    with pytest.raises(VaelabError, match=fix) as exc:
+        GaussianSigmoidHead().check_data(x, chunk=64)
+    assert "\n" not in str(exc.value)

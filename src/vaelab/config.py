@@ -107,6 +107,12 @@ class TrainConfig:
     ema_decay: keep an exponential moving average of the weights with this decay per step and use
         it for validation, checkpoints and everything after training (0: off; 0.999-0.9999 is
         typical). ``ema_every``: update the average every this many steps (``vaelab.train.averaging``).
+    lr_search: step sizes to choose ``lr`` from before training, each tried for ``lr_search_steps``
+        steps from the same initialisation, keeping the best training-set lower bound (Kingma &
+        Welling 2014 Section 5: [0.01, 0.02, 0.1] with Adagrad; ``vaelab.tuning``). Empty: off.
+    weight_decay: the optimizer's L2 term; with the loss in nats per example (a batch mean), a
+        N(0, I) prior on the parameters (K&W's MAP criterion) is ``weight_decay = 1/N`` for N
+        training examples: the gradient of -log p(theta) / N = |theta|^2 / (2N) is theta / N.
     """
 
     epochs: int = 10
@@ -132,6 +138,8 @@ class TrainConfig:
     threads: int = 0
     ema_decay: float = 0.0
     ema_every: int = 1
+    lr_search: list[float] = field(default_factory=list)
+    lr_search_steps: int = 200
 
     def validate(self, prefix: str) -> None:
         for key in ("epochs", "batch_size", "ema_every"):
@@ -146,6 +154,9 @@ class TrainConfig:
                 raise VaelabError(f"{prefix}.{key} must be >= 0, got {getattr(self, key)}")
         if self.keep_checkpoints < 1:
             raise VaelabError(f"{prefix}.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if any(not lr > 0 for lr in self.lr_search) or self.lr_search_steps < 1:
+            raise VaelabError(f"{prefix}.lr_search must list step sizes > 0 and {prefix}.lr_search_steps "
+                              f"be >= 1, got {self.lr_search} and {self.lr_search_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0 turns weight averaging off), "
                               f"got {self.ema_decay}")

@@ -30,6 +30,7 @@ __all__ = [
     "LikelihoodHead",
     "BernoulliHead",
     "GaussianHead",
+    "GaussianSigmoidHead",
     "LIKELIHOODS",
     "register_likelihood",
     "likelihood_head",
@@ -233,6 +234,34 @@ class GaussianHead(LikelihoodHead):
         return params.select(params.dim() - event_ndim - 1, 0)
 
 
+class GaussianSigmoidHead(GaussianHead):
+    """p(x|z) = prod_d N(x_d; sigmoid(m_d), sigma_d^2): the Gaussian of :class:`GaussianHead` with
+    its mean squashed into (0, 1), for data in [0, 1] such as Frey Face (Kingma & Welling 2014,
+    App. C.2: "with a sigmoidal activation function at the output" of the mean). The variance is
+    the bounded learned one of ``GaussianHead``; the density is still over the whole real line.
+    """
+
+    name = "gaussian_sigmoid"
+
+    def _split(self, params: Tensor, event_ndim: int) -> tuple[Tensor, Tensor]:
+        raw_mu, logvar = super()._split(params, event_ndim)
+        return torch.sigmoid(raw_mu), logvar
+
+    def mean(self, params: Tensor, event_ndim: int) -> Tensor:
+        return torch.sigmoid(super().mean(params, event_ndim))
+
+    def check_data(self, x: Tensor, chunk: int = 1 << 22) -> None:
+        """The mean lies in (0, 1): data must be values in [0, 1] (grey levels / 255), any shape."""
+        for part in x.reshape(-1).split(chunk):
+            bad = ~((part >= 0) & (part <= 1))  # NaN is caught too
+            if bool(bad.any()):
+                value = part[bad][0].item()
+                raise VaelabError(
+                    f"the gaussian_sigmoid likelihood models values in [0, 1], but the data hold "
+                    f"{value:.4g}; scale the data into [0, 1] or use model.likelihood = gaussian"
+                )
+
+
 LIKELIHOODS: dict[str, type[LikelihoodHead]] = {}
 
 
@@ -243,6 +272,7 @@ def register_likelihood(cls: type[LikelihoodHead]) -> type[LikelihoodHead]:
 
 register_likelihood(BernoulliHead)
 register_likelihood(GaussianHead)
+register_likelihood(GaussianSigmoidHead)
 
 
 def likelihood_head(name: str) -> LikelihoodHead:

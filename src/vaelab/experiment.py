@@ -55,6 +55,7 @@ from vaelab.train.batching import RepeatedBatches, TensorBatches, dynamic_binari
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
 from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
+from vaelab.tuning import LrSearch, read_lr_search, search_learning_rate, write_lr_search
 
 __all__ = [
     "resolve_device",
@@ -102,6 +103,7 @@ class Prepared:
     test_labels: Tensor | None
     device: torch.device
     valid_labels: Tensor | None = None
+    lr_search: LrSearch | None = None  # the step-size search train_run ran (train.lr_search), if any
 
 
 @dataclass
@@ -250,7 +252,12 @@ def train_run(
 
     ``command``: the line recorded in ``command.txt`` (``runfolder.command_line``; default this
     process's arguments). A resumed version 1 folder (no ``run.json``) stays version 1 until
-    ``evaluate_run`` gives it its sections."""
+    ``evaluate_run`` gives it its sections.
+
+    With ``train.lr_search`` set, the step size is chosen before training (``vaelab.tuning``):
+    ``config.json`` keeps the config as given, ``lr_search.json`` records the search and its
+    choice, which the checkpoints' config holds as ``train.lr`` and ``prep.lr_search`` returns; a
+    resumed run takes the recorded choice and does not search again."""
     import torch.distributed as dist
 
     run_dir = Path(run_dir)
@@ -269,6 +276,15 @@ def train_run(
     if rank == 0:
         # config.json as dump_json writes it (keys sorted)
         start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)
+    recorded = read_lr_search(run_dir) if resume else None
+    if recorded is not None:
+        cfg.train.lr = recorded.chosen
+    elif cfg.train.lr_search and not resume:
+        prep.lr_search = search_learning_rate(prep.model, cfg.train, prep.train, cfg.train.lr_search,
+                                              cfg.train.lr_search_steps)
+        cfg.train.lr = prep.lr_search.chosen
+        if rank == 0:
+            write_lr_search(run_dir, prep.lr_search)
     callbacks: list[Callback] = [
         ProgressBar(progress),
         JsonlLogger(run_dir / "metrics.jsonl"),

@@ -136,6 +136,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     reason = trainer.stop_reason or "finished"
+    if prep.lr_search is not None:
+        print(prep.lr_search.describe())
     print(
         f"{reason}: step {trainer.step}, {trainer.step / trainer.steps_per_epoch:.2f} epochs, "
         f"{trainer.elapsed:.1f} s; checkpoint {trainer.last_checkpoint}"

@@ -2,6 +2,7 @@
 
 from vaelab.models import mcem as _mcem  # noqa: F401  (registers "mcem")
 from vaelab.models import vae as _vae  # noqa: F401  (registers "vae")
+from vaelab.models import wake_sleep as _wake_sleep  # noqa: F401  (registers "wake_sleep")
 from vaelab.models.base import (
     MODELS,
     AutoregressivePrior,

@@ -2,8 +2,10 @@
 
 Encoder: an MLP from the flattened example x (D values) to the mean and log-variance of a
 diagonal Gaussian q(z|x) (K&W Appendix C.2). Decoder: an MLP from z to the parameters of p(x|z),
-either Bernoulli logits (binary data, App. C.1) or a Gaussian mean and log-variance (continuous
-data such as Frey Face, App. C.2). Prior p(z) = N(0, I).
+either Bernoulli logits (binary data, App. C.1) or a Gaussian mean (optionally squashed into (0, 1)
+by a sigmoid) and log-variance (continuous data such as Frey Face, App. C.2). Prior p(z) = N(0, I).
+These networks, and all that uses only them, are :class:`MLPLatentModel`, which the VAE and the
+wake-sleep baseline (``models/wake_sleep.py``) subclass; the VAE adds its objective.
 
 Training maximises the ELBO with the reparameterisation trick and the analytic KL (K&W eq. 10),
 or the IWAE-k bound (Burda et al. 2016) with ``objective = "iwae"``: an estimator choice, the model
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, final
 
 import torch
 from torch import Tensor
@@ -42,7 +44,7 @@ from vaelab.schedules import linear_ramp
 from vaelab.sections import ImagesSection, ManifoldSection, ReconstructionsSection, ScatterSection, Section
 from vaelab.spec import DataSpec
 
-__all__ = ["VAE", "VAEConfig", "manifold_section"]
+__all__ = ["MLPLatentConfig", "MLPLatentModel", "VAE", "VAEConfig", "manifold_section"]
 
 
 def manifold_section(decode_mean: Callable[[Tensor], Tensor], device: torch.device, n: int = 20
@@ -62,11 +64,39 @@ def manifold_section(decode_mean: Callable[[Tensor], Tensor], device: torch.devi
 
 
 @dataclass
-class VAEConfig(ModelConfig):
-    """Settings of the MLP VAE.
+class MLPLatentConfig(ModelConfig):
+    """Settings shared by the MLP latent-variable families (the VAE, wake-sleep).
 
     hidden: encoder hidden sizes; the decoder mirrors them.
-    likelihood: ``bernoulli`` (binary data) or ``gaussian`` (learned mean and variance).
+    likelihood: ``bernoulli`` (binary data), ``gaussian`` (learned mean and variance) or
+        ``gaussian_sigmoid`` (the Gaussian with its mean squashed into (0, 1), K&W App. C.2).
+    init_std: if > 0, every weight and bias is drawn from N(0, init_std^2); 0 keeps PyTorch's
+        default initialisation. Kingma & Welling (2014, Section 5) initialise "by random sampling
+        from N(0, 0.01)". We read 0.01 as the variance, so their setting is ``init_std = 0.1``:
+        the paper writes the second argument of N as a variance throughout (p(z) = N(z; 0, I),
+        q(z|x) = N(z; mu, sigma^2 I)). The standard-deviation reading is ``init_std = 0.01``.
+    """
+
+    latent_dim: int = 20
+    hidden: list[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    likelihood: Literal["bernoulli", "gaussian", "gaussian_sigmoid"] = "bernoulli"
+    init_std: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        if self.latent_dim < 1:
+            raise VaelabError(f"{prefix}.latent_dim must be a positive integer, got {self.latent_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise VaelabError(f"{prefix}.hidden sizes must be positive integers, got {self.hidden}")
+        if self.init_std < 0:
+            raise VaelabError(f"{prefix}.init_std must be >= 0 (0 keeps PyTorch's initialisation), "
+                              f"got {self.init_std}")
+
+
+@dataclass
+class VAEConfig(MLPLatentConfig):
+    """Settings of the MLP VAE (the networks' settings: :class:`MLPLatentConfig`).
+
     objective: ``elbo`` or ``iwae``; ``n_samples`` is S for the ELBO, k for IWAE.
     analytic_kl: the closed-form KL (K&W eq. 10) instead of the sampled one (eq. 9).
     kl_warmup_steps: KL weight rises linearly 0 -> 1 over this many steps (Bowman et al. 2016
@@ -74,20 +104,13 @@ class VAEConfig(ModelConfig):
     """
 
     name: str = "vae"
-    latent_dim: int = 20
-    hidden: list[int] = field(default_factory=lambda: [400])
-    activation: str = "relu"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     objective: Literal["elbo", "iwae"] = "elbo"
     n_samples: int = 1
     analytic_kl: bool = True
     kl_warmup_steps: int = 0
 
     def validate(self, prefix: str) -> None:
-        if self.latent_dim < 1:
-            raise VaelabError(f"{prefix}.latent_dim must be a positive integer, got {self.latent_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise VaelabError(f"{prefix}.hidden sizes must be positive integers, got {self.hidden}")
+        super().validate(prefix)
         if self.n_samples < 1:
             raise VaelabError(f"{prefix}.n_samples must be >= 1, got {self.n_samples}")
         if self.kl_warmup_steps < 0:
@@ -98,12 +121,19 @@ class VAEConfig(ModelConfig):
             )
 
 
-@register_model("vae")
-class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
-    Config = VAEConfig
+class MLPLatentModel(Model, LatentVariableModel, Reconstructing, Sampling):
+    """The generative model p(z) p(x|z) and recognition model q(z|x) that the VAE and wake-sleep
+    share (abstract: a family adds ``loss``, how it fits them).
+
+    p(z) = N(0, I); p(x|z): an MLP decoder z -> the likelihood head's parameters; q(z|x): an MLP
+    encoder x -> mean and log-variance of a diagonal Gaussian (K&W App. C.2). Here live the
+    networks, encode/decode/prior, the importance weights, samples, reconstructions and the report.
+    """
+
+    Config = MLPLatentConfig
     data_kinds = frozenset({"images"})  # images or vectors (binary or continuous values)
 
-    def __init__(self, config: VAEConfig, spec: DataSpec):
+    def __init__(self, config: MLPLatentConfig, spec: DataSpec):
         super().__init__(config, spec)
         d = spec.n_dims
         self.head = likelihood_head(config.likelihood)
@@ -111,6 +141,10 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        if config.init_std > 0:
+            with torch.no_grad():  # K&W Section 5: every parameter ~ N(0, init_std^2)
+                for p in self.parameters():
+                    p.normal_(0.0, config.init_std)
 
     # ------------------------------------------------------------------ the three pieces
     @property
@@ -145,51 +179,6 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
             self._prior = standard_normal(self.config.latent_dim, device=key[0], dtype=key[1])
             self._prior_key = key
         return self._prior
-
-    # ------------------------------------------------------------------ objectives
-    def bound(self, x: Tensor, kl_weight: float | Tensor = 1.0) -> estimators.ElboTerms:
-        cfg = self.config
-        x = x.flatten(1)
-        if cfg.objective == "elbo" and cfg.analytic_kl:
-            # the same bound on tensors (q is a diagonal Gaussian, p(z) = N(0, I)): no Distribution
-            # objects are built in the training loop
-            event = (self.spec.n_dims,)
-            return estimators.elbo_diag_gaussian(
-                x, *self._posterior_params(x),
-                lambda z: self.head.log_prob(self._decoder_params(z), x, event),
-                n_samples=cfg.n_samples, kl_weight=kl_weight,
-            )
-        fn = estimators.objective(cfg.objective)
-        return fn(x, self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
-                  analytic_kl=cfg.analytic_kl, kl_weight=kl_weight)
-
-    @property
-    def train_step(self) -> int:
-        return self._train_step
-
-    @train_step.setter
-    def train_step(self, step: int) -> None:
-        # The KL weight of this step, as a 0-dim tensor that changes value but not identity: a
-        # compiled loss (train.compile) takes it as an input instead of compiling again every step.
-        self._train_step = step
-        beta = linear_ramp(step, self.config.kl_warmup_steps)
-        self._annealing = beta != 1.0
-        if "_kl_weight" not in self._buffers:
-            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
-        elif beta != self._beta:  # constant after the warm-up: no write per step
-            self._kl_weight.fill_(beta)
-        self._beta = beta
-
-    def loss(self, batch: Tensor) -> LossOutput:
-        if self.training and self._annealing:
-            terms = self.bound(batch, kl_weight=self._kl_weight)
-            elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective
-        else:
-            terms = self.bound(batch)
-            elbo = terms.bound
-        return LossOutput(
-            loss=-terms.bound.mean(), elbo=elbo, reconstruction=terms.reconstruction, kl=terms.kl
-        )
 
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
         """(k, B) log-weights log p(x,z_k) - log q(z_k|x) for importance-sampled log p(x)."""
@@ -240,3 +229,56 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
                 out.append(explorer_section(self.decode_mean, codes, inputs.labels[: len(codes)]
                                             if inputs.labels is not None else None))
         return out
+
+
+@final
+@register_model("vae")
+class VAE(MLPLatentModel):
+    """The VAE: the ELBO (or IWAE-k bound) maximised by the reparameterisation trick (module doc)."""
+
+    Config = VAEConfig
+
+    # ------------------------------------------------------------------ objectives
+    def bound(self, x: Tensor, kl_weight: float | Tensor = 1.0) -> estimators.ElboTerms:
+        cfg = self.config
+        x = x.flatten(1)
+        if cfg.objective == "elbo" and cfg.analytic_kl:
+            # the same bound on tensors (q is a diagonal Gaussian, p(z) = N(0, I)): no Distribution
+            # objects are built in the training loop
+            event = (self.spec.n_dims,)
+            return estimators.elbo_diag_gaussian(
+                x, *self._posterior_params(x),
+                lambda z: self.head.log_prob(self._decoder_params(z), x, event),
+                n_samples=cfg.n_samples, kl_weight=kl_weight,
+            )
+        fn = estimators.objective(cfg.objective)
+        return fn(x, self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
+                  analytic_kl=cfg.analytic_kl, kl_weight=kl_weight)
+
+    @property
+    def train_step(self) -> int:
+        return self._train_step
+
+    @train_step.setter
+    def train_step(self, step: int) -> None:
+        # The KL weight of this step, as a 0-dim tensor that changes value but not identity: a
+        # compiled loss (train.compile) takes it as an input instead of compiling again every step.
+        self._train_step = step
+        beta = linear_ramp(step, self.config.kl_warmup_steps)
+        self._annealing = beta != 1.0
+        if "_kl_weight" not in self._buffers:
+            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
+        elif beta != self._beta:  # constant after the warm-up: no write per step
+            self._kl_weight.fill_(beta)
+        self._beta = beta
+
+    def loss(self, batch: Tensor) -> LossOutput:
+        if self.training and self._annealing:
+            terms = self.bound(batch, kl_weight=self._kl_weight)
+            elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective
+        else:
+            terms = self.bound(batch)
+            elbo = terms.bound
+        return LossOutput(
+            loss=-terms.bound.mean(), elbo=elbo, reconstruction=terms.reconstruction, kl=terms.kl
+        )

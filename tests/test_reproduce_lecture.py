@@ -85,7 +85,8 @@ def test_vaelab_train_takes_the_ring(tmp_path):
     out = tmp_path / "run"
     argv = ["train", str(CONFIGS / "smoke_vae_frey.toml"), "--out", str(out), "--device", "cpu", "--quiet",
             "--set", "data.name=ring", "--set", "data.limit=200", "--set", "train.epochs=1",
-            "--set", "model.latent_dim=2", "--set", "eval.is_samples=5", "--set", "eval.max_examples=50"]
+            "--set", "model.latent_dim=2", "--set", "eval.is_samples=5", "--set", "eval.max_examples=50",
+            "--set", "train.threads=1"]
     assert main(argv) == 0
     assert (out / "report.html").is_file()
 

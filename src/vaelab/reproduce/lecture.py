@@ -67,11 +67,18 @@ _GRADIENT_FULL = ("a VAE (784-500-20 tanh encoder, Bernoulli decoder) trained 10
               "The reparameterisation trick, measured: variance of the ELBO's encoder gradient, pathwise "
               "vs score function, against samples S (Kingma & Welling 2014, sec. 2.3)", _GRADIENT_FULL)
 def gradient_variance_study(ctx: Context) -> list[Section]:
+    # one CPU thread: the matrices are small, and on a shared machine an OpenMP team waiting for a
+    # descheduled thread makes every op many times slower (vaelab.threads)
+    with torch_threads(1):
+        return _gradient_variance_study(ctx)
+
+
+def _gradient_variance_study(ctx: Context) -> list[Section]:
     cfg = RunConfig(
         model=VAEConfig(latent_dim=20, hidden=[500], activation="tanh", likelihood="bernoulli"),
         data=DataConfig(name="mnist", binarize="dynamic", valid_size=ctx.scaled(1000, 100),
                         limit=ctx.scaled(59_000, 100)),
-        train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, seed=ctx.seed, log_every=100),
+        train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, seed=ctx.seed, log_every=100, threads=1),
         eval=EvalConfig(is_samples=ctx.scaled(1000, 10), max_examples=ctx.scaled(1000, 100), n_samples=64),
         name="vae-mnist",
     )
@@ -162,7 +169,7 @@ _BAND = (0.005, 0.995)  # the central 99% of the ring's radius distribution
               "Sampling a fixed generative model: the ring g(z) = z/10 + z/||z|| and a VAE trained on it "
               "(data, samples x ~ p(x|z), the learned latent map)", _RING_FULL)
 def ring_study(ctx: Context) -> list[Section]:
-    with torch_threads(1):  # a tiny network: one thread is the fast choice (vaelab.threads)
+    with torch_threads(1):  # a tiny network: one thread is the fast choice
         return _ring_study(ctx)
 
 

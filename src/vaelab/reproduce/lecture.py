@@ -65,7 +65,7 @@ _GRADIENT_FULL = ("a VAE (784-500-20 tanh encoder, Bernoulli decoder) trained 10
 
 @reproduction("vae-gradient-variance",
               "The reparameterisation trick, measured: variance of the ELBO's encoder gradient, pathwise "
-              "vs score function, against samples S (Kingma & Welling 2014, sec. 2.3)", _GRADIENT_FULL)
+              "vs score function, against samples S (Kingma & Welling 2014, sec. 2.2-2.4)", _GRADIENT_FULL)
 def gradient_variance_study(ctx: Context) -> list[Section]:
     # one CPU thread: the matrices are small, and on a shared machine an OpenMP team waiting for a
     # descheduled thread makes every op many times slower (vaelab.threads)

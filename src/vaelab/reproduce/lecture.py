@@ -1,7 +1,7 @@
 """The lecture's two pictures of the VAE, each one command.
 
 ``vaelab reproduce vae-gradient-variance``: why the reparameterisation trick (Kingma & Welling 2014,
-sec. 2.3-2.4). A VAE trained on MNIST; on one fixed minibatch, the gradient of the ELBO with respect
+sec. 2.2-2.4). A VAE trained on MNIST; on one fixed minibatch, the gradient of the ELBO with respect
 to the encoder's parameters is estimated again and again by the pathwise estimator, the score
 function (REINFORCE) without a baseline and with the leave-one-out baseline, each from S draws per
 example; the variance of each (the trace of the covariance over the repetitions) is tabled and
@@ -60,7 +60,7 @@ def _child(ctx: Context, name: str, cfg: RunConfig, *, k: int, max_examples: int
 
 _GRADIENT_FULL = ("a VAE (784-500-20 tanh encoder, Bernoulli decoder) trained 10 epochs on 59,000 "
                   "dynamically binarized MNIST images, then R = 100 repetitions of each estimator at "
-                  "S = 1 ... 100 on a fixed minibatch of 100 test images; about 3 minutes on 2 CPU threads")
+                  "S = 1 ... 100 on a fixed minibatch of 100 test images; 3.5 minutes on one CPU thread")
 
 
 @reproduction("vae-gradient-variance",
@@ -159,7 +159,7 @@ def _num(v: float) -> float | str:
 
 _RING_FULL = ("a VAE (2-128-128-4 tanh encoder and decoder, 2-D latent, Gaussian decoder with learned "
               "variance) trained 200 epochs on the 10,000 training points of the ring, KL warm-up over "
-              "5,000 steps, evaluated with K = 1000 on the 1,000 test points; about 2 minutes on one CPU "
+              "5,000 steps, evaluated with K = 1000 on the 1,000 test points; 2.5 minutes on one CPU "
               "thread")
 
 _BAND = (0.005, 0.995)  # the central 99% of the ring's radius distribution

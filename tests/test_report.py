@@ -328,13 +328,15 @@ def test_every_section_kind_round_trips_and_has_a_renderer(tmp_path: Path) -> No
         sec.CurvesSection(name="k", title="K", x=np.array([[0.0, 1.0, np.nan], [0.0, 0.5, 1.0]]),
                           y=rng.random((2, 3)), labels=["a", "a"], styles=["-", "--"], equal_aspect=True),
         sec.HeatmapSection(name="l", title="L", values=rng.random((3, 7)), xlabel="doc", colorbar="p"),
+        sec.ExplorerSection(name="m", title="M", images=rng.random((3, 3, 1, 4, 4)), grid=np.arange(3.0),
+                            codes=rng.normal(size=(9, 2)), labels=rng.integers(0, 3, 9)),
     ]
     assert {type(s) for s in examples} == set(sec.SECTION_KINDS.values()), "add an example of every kind"
     assert set(RENDERERS) == set(sec.SECTION_KINDS)
     sec.write_sections(tmp_path, examples[:4])
     sec.write_sections(tmp_path, examples[3:])  # "d" again: replaced in place, not repeated
     back = sec.read_sections(tmp_path)
-    assert [s.name for s in back] == list("abcdefghijkl")
+    assert [s.name for s in back] == list("abcdefghijklm")
     for s, r in zip(examples, back):
         assert type(r) is type(s)
         for f in s.__dataclass_fields__:

@@ -15,7 +15,7 @@ On disk, in a run folder::
     sections/<name>.<ext>      the section's raw files (PNG, WAV), when it has any
 
     ENTRY = {"kind":   "images" | "reconstructions" | "manifold" | "scatter" | "table" | "text"
-                       | "audio" | "lines" | "image" | "metrics"  (a key of SECTION_KINDS),
+                       | "audio" | "lines" | "image" | "metrics" | "explorer" ...  (a key of SECTION_KINDS),
              "name":   "samples"        (unique in the run; file stem; a writer replaces its own),
              "title":  "Samples",
              "fields": {...},           JSON-typed fields of the section (caption, rows, texts, ...)
@@ -59,6 +59,7 @@ __all__ = [
     "ReconstructionsSection",
     "ManifoldSection",
     "ScatterSection",
+    "ExplorerSection",
     "TableSection",
     "TextSection",
     "AudioSection",
@@ -147,6 +148,22 @@ class ScatterSection(Section):
     labels: np.ndarray | None = None
 
 
+@section_kind("explorer")
+@dataclass(kw_only=True)
+class ExplorerSection(Section):
+    """A 2-D latent plane to explore with the pointer: the decode nearest to the pointer is shown.
+
+    ``images`` (G, G, C, H, W), uint8 (or floats in [0, 1]), C = 1 or 3: ``images[i, j]`` is the
+    decoded mean at z = (grid[j], grid[i]) (columns vary z1, rows vary z2, as in ManifoldSection);
+    ``grid`` (G,) increasing latent values, the same on both axes; ``codes`` (N, 2) posterior means
+    drawn on the plane; ``labels`` (N,) optional integers (or values) to colour them by."""
+
+    images: np.ndarray
+    grid: np.ndarray
+    codes: np.ndarray
+    labels: np.ndarray | None = None
+
+
 @section_kind("table")
 @dataclass(kw_only=True)
 class TableSection(Section):
@@ -197,8 +214,9 @@ class CurvesSection(Section):
     """Curves in the plane, each with its own points: ``x`` and ``y`` (M, N), one row per curve
     (NaN ends a shorter curve), ``labels`` (M names, "" for none), ``styles`` (M matplotlib format
     strings such as "-", "--", ".-"; default solid), ``colors`` (M matplotlib colours; default by
-    label, so a curve sharing its predecessor's label shares its colour), axis names, and
-    ``equal_aspect`` for geometry (one unit the same length on both axes)."""
+    label, so a curve sharing its predecessor's label shares its colour), axis names,
+    ``equal_aspect`` for geometry (one unit the same length on both axes), and ``logx`` for a
+    logarithmic x axis."""
 
     x: np.ndarray
     y: np.ndarray
@@ -208,6 +226,7 @@ class CurvesSection(Section):
     xlabel: str = ""
     ylabel: str = ""
     equal_aspect: bool = False
+    logx: bool = False
 
 
 @section_kind("heatmap")

@@ -22,6 +22,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
              "e.g. 0.01 for a quick look)",
     )
     p.add_argument("--out", default=None, help="run folder (default runs/<name>)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: PyTorch's default)")
     _common(p)
 
 
@@ -43,7 +44,7 @@ def reproduce_cmd(args: argparse.Namespace) -> int:
           file=sys.stderr)
     path = run_reproduction(
         args.name, out, budget=args.budget, device=device, seed=0 if args.seed is None else args.seed,
-        progress=bool(args.progress), command=command_line(getattr(args, "_argv", None)),
+        progress=bool(args.progress), threads=args.threads, command=command_line(getattr(args, "_argv", None)),
     )
     print(f"report: {path}")
     return 0

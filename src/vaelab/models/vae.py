@@ -35,6 +35,7 @@ from vaelab.models.base import (
     Sampling,
     register_model,
 )
+from vaelab.models.pictures import explorer_section, is_image_shape
 from vaelab.nn import MLP
 from vaelab.schedules import linear_ramp
 from vaelab.sections import ImagesSection, ManifoldSection, ReconstructionsSection, ScatterSection, Section
@@ -227,4 +228,7 @@ class VAE(Model, LatentVariableModel, Reconstructing, Sampling):
             out.append(ScatterSection(name="latents", title="Latent codes",
                                       caption=f"Posterior means of {len(codes)} examples, {by}.",
                                       codes=codes.cpu().numpy(), labels=labels))
+            if self.config.latent_dim == 2 and is_image_shape(self.spec.shape):
+                out.append(explorer_section(self.decode_mean, codes, inputs.labels[: len(codes)]
+                                            if inputs.labels is not None else None))
         return out

@@ -446,7 +446,7 @@ def line_plot(
 
 def curves_plot(
     x: Any, y: Any, labels: Sequence[str] = (), styles: Sequence[str] = (), colors: Sequence[str] = (),
-    xlabel: str = "", ylabel: str = "", equal_aspect: bool = False,
+    xlabel: str = "", ylabel: str = "", equal_aspect: bool = False, logx: bool = False,
 ) -> Figure:
     """Curves with their own points: ``x``, ``y`` (M, N), one curve per row, NaN ending a shorter one.
 
@@ -471,6 +471,8 @@ def curves_plot(
         ax.plot(cx, cy, style, color=color, lw=1.4, ms=4, label=label if first else None)
     if equal_aspect:
         ax.set_aspect("equal", adjustable="datalim")
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -18,6 +18,7 @@ import numpy as np
 
 from vaelab import sections as sec
 from vaelab.report import plots
+from vaelab.report.explorer import explorer_html
 from vaelab.report.html import Section as Block
 from vaelab.report.html import figure_png, image_mime, note_html, table_html
 
@@ -166,6 +167,11 @@ def _scatter(s: sec.ScatterSection) -> Block:
     return _figure(s, plots.latent_scatter(s.codes, s.labels), f"Codes of {len(s.codes)} examples, {by}.")
 
 
+@renderer("explorer")
+def _explorer(s: sec.ExplorerSection) -> Block:
+    return Block(s.title, explorer_html(s))
+
+
 @renderer("lines")
 def _lines(s: sec.LinesSection) -> Block:
     fig = plots.line_plot(s.x, s.y, s.labels, s.xlabel, s.ylabel, s.logx, s.logy)
@@ -174,7 +180,8 @@ def _lines(s: sec.LinesSection) -> Block:
 
 @renderer("curves")
 def _curves(s: sec.CurvesSection) -> Block:
-    fig = plots.curves_plot(s.x, s.y, s.labels, s.styles, s.colors, s.xlabel, s.ylabel, s.equal_aspect)
+    fig = plots.curves_plot(s.x, s.y, s.labels, s.styles, s.colors, s.xlabel, s.ylabel, s.equal_aspect,
+                            s.logx)
     return _figure(s, fig, "")
 
 

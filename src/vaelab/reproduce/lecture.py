@@ -36,7 +36,6 @@ from vaelab.report.build import build_report
 from vaelab.report.html import figure_png
 from vaelab.reproduce import Context, reproduction
 from vaelab.sections import ImageFileSection, LinesSection, MetricsSection, Section, TableSection
-from vaelab.threads import torch_threads
 
 __all__ = ["SAMPLE_SIZES", "gradient_variance_study", "ring_study"]
 
@@ -60,25 +59,18 @@ def _child(ctx: Context, name: str, cfg: RunConfig, *, k: int, max_examples: int
 
 _GRADIENT_FULL = ("a VAE (784-500-20 tanh encoder, Bernoulli decoder) trained 10 epochs on 59,000 "
                   "dynamically binarized MNIST images, then R = 100 repetitions of each estimator at "
-                  "S = 1 ... 100 on a fixed minibatch of 100 test images; 3.5 minutes on one CPU thread")
+                  "S = 1 ... 100 on a fixed minibatch of 100 test images; 3.5 minutes here with --threads 1")
 
 
 @reproduction("vae-gradient-variance",
               "The reparameterisation trick, measured: variance of the ELBO's encoder gradient, pathwise "
               "vs score function, against samples S (Kingma & Welling 2014, sec. 2.2-2.4)", _GRADIENT_FULL)
 def gradient_variance_study(ctx: Context) -> list[Section]:
-    # one CPU thread: the matrices are small, and on a shared machine an OpenMP team waiting for a
-    # descheduled thread makes every op many times slower (vaelab.threads)
-    with torch_threads(1):
-        return _gradient_variance_study(ctx)
-
-
-def _gradient_variance_study(ctx: Context) -> list[Section]:
     cfg = RunConfig(
         model=VAEConfig(latent_dim=20, hidden=[500], activation="tanh", likelihood="bernoulli"),
         data=DataConfig(name="mnist", binarize="dynamic", valid_size=ctx.scaled(1000, 100),
                         limit=ctx.scaled(59_000, 100)),
-        train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, seed=ctx.seed, log_every=100, threads=1),
+        train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, seed=ctx.seed, log_every=100),
         eval=EvalConfig(is_samples=ctx.scaled(1000, 10), max_examples=ctx.scaled(1000, 100), n_samples=64),
         name="vae-mnist",
     )
@@ -159,8 +151,8 @@ def _num(v: float) -> float | str:
 
 _RING_FULL = ("a VAE (2-128-128-4 tanh encoder and decoder, 2-D latent, Gaussian decoder with learned "
               "variance) trained 200 epochs on the 10,000 training points of the ring, KL warm-up over "
-              "5,000 steps, evaluated with K = 1000 on the 1,000 test points; 2.5 minutes on one CPU "
-              "thread")
+              "5,000 steps, evaluated with K = 1000 on the 1,000 test points; 2.5 minutes here with "
+              "--threads 1")
 
 _BAND = (0.005, 0.995)  # the central 99% of the ring's radius distribution
 
@@ -169,17 +161,11 @@ _BAND = (0.005, 0.995)  # the central 99% of the ring's radius distribution
               "Sampling a fixed generative model: the ring g(z) = z/10 + z/||z|| and a VAE trained on it "
               "(data, samples x ~ p(x|z), the learned latent map)", _RING_FULL)
 def ring_study(ctx: Context) -> list[Section]:
-    with torch_threads(1):  # a tiny network: one thread is the fast choice
-        return _ring_study(ctx)
-
-
-def _ring_study(ctx: Context) -> list[Section]:
     cfg = RunConfig(
         model=VAEConfig(latent_dim=2, hidden=[128, 128], activation="tanh", likelihood="gaussian",
                         kl_warmup_steps=ctx.scaled(5000, 1)),
         data=DataConfig(name="ring", binarize="none"),
-        train=TrainConfig(epochs=ctx.scaled(200, 1), batch_size=100, lr=2e-3, seed=ctx.seed, log_every=500,
-                          threads=1),
+        train=TrainConfig(epochs=ctx.scaled(200, 1), batch_size=100, lr=2e-3, seed=ctx.seed, log_every=500),
         eval=EvalConfig(is_samples=ctx.scaled(1000, 10), n_samples=64),
         name="vae-ring",
     )

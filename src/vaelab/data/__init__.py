@@ -1,7 +1,7 @@
 """Datasets held in memory as tensors: a registry of loaders, verified files, clear errors.
 
 ``load_dataset(cfg)`` is the entry point: ``cfg.name`` is a registered dataset (``mnist``,
-``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``; see ``vaelab data list``) or the
+``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``, ``ring``; see ``vaelab data list``) or the
 user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file) or ``text:PATH`` (sentences).
 Files are read from :func:`data_root` and checked against their sha256 before parsing. Images
 become a :class:`DataBundle`, text a :class:`SequenceBundle`.
@@ -14,7 +14,7 @@ from pathlib import Path
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from . import ap, cifar10, digits, folder, frey, mnist, npy, ptb, text  # noqa: F401  (importing registers them)
+from . import ap, cifar10, digits, folder, frey, mnist, npy, ptb, ring, text  # noqa: F401  (importing registers them)
 from .base import BINARIZE_MODES, TEST_SPLIT_SEED, Bundle, DataBundle, ImageSplits, Splits, binarize, finish
 from .download import download, download_dataset
 from .registry import (

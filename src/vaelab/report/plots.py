@@ -30,6 +30,7 @@ __all__ = [
     "line_plot",
     "curves_plot",
     "heatmap",
+    "scatter_panels",
 ]
 
 DPI = 100
@@ -497,4 +498,53 @@ def heatmap(values: Any, xlabel: str = "", ylabel: str = "", colorbar: str = "")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    return fig
+
+
+def scatter_panels(
+    points: Sequence[Any], values: Sequence[Any] = (), titles: Sequence[str] = (),
+    xlabels: Sequence[str] = (), ylabels: Sequence[str] = (), *, vmin: float | None = None,
+    vmax: float | None = None, cmap: str = "twilight", colorbar: str = "", sizes: Sequence[float] = (),
+    markers: Sequence[str] = (),
+) -> Figure:
+    """Point clouds side by side, one panel each, on equal axes and one colour scale.
+
+    ``points``: (N_i, 2) per panel; ``values``: (N_i,) per panel to colour the points by (a cyclic
+    colour map suits angles), or empty for one colour; ``vmin`` / ``vmax`` fix the scale (default:
+    the range of all values); ``sizes``: marker area in points^2 per panel (default 4); ``markers``:
+    matplotlib marker per panel (default "o"; "s" tiles a grid of points).
+
+    Raises:
+        ValueError: when a panel's points are not (N, 2) or its values not (N,).
+    """
+    panels = [np.asarray(p, dtype=float) for p in points]
+    colours = [np.asarray(v, dtype=float).reshape(-1) for v in values]
+    for i, p in enumerate(panels):
+        if p.ndim != 2 or p.shape[1] != 2:
+            raise ValueError(f"panel {i}: points must have shape (N, 2), got {p.shape}")
+        if i < len(colours) and colours[i].shape != (len(p),):
+            raise ValueError(f"panel {i}: {len(colours[i])} values for {len(p)} points")
+    if colours:
+        finite = np.concatenate([c[np.isfinite(c)] for c in colours] or [np.zeros(1)])
+        vmin = float(finite.min()) if vmin is None and finite.size else vmin
+        vmax = float(finite.max()) if vmax is None and finite.size else vmax
+    n = max(1, len(panels))
+    fig = Figure(figsize=(3.4 * n + (0.8 if colours else 0.0), 3.6), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n))
+    mappable = None
+    for i, (ax, p) in enumerate(zip(axes, panels)):
+        c = colours[i] if i < len(colours) else None
+        size = sizes[i] if i < len(sizes) else 4.0
+        marker = markers[i] if i < len(markers) else "o"
+        scale = {"c": c, "cmap": cmap, "vmin": vmin, "vmax": vmax} if c is not None else {}
+        if len(p):
+            drawn = ax.scatter(p[:, 0], p[:, 1], s=size, marker=marker, linewidths=0, **scale)
+            mappable = drawn if c is not None else mappable
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(titles[i] if i < len(titles) else "", fontsize=9)
+        ax.set_xlabel(xlabels[i] if i < len(xlabels) else "")
+        ax.set_ylabel(ylabels[i] if i < len(ylabels) else "")
+        ax.grid(alpha=0.3)
+    if colours and mappable is not None:
+        fig.colorbar(mappable, ax=list(axes), fraction=0.03, label=colorbar)
     return fig

@@ -61,13 +61,16 @@ class MCEMConfig(ModelConfig):
     target_accept: acceptance rate the step size is adapted towards (K&W: 0.9).
     step_size: the initial step size; step_size_gain: Robbins-Monro gain on the log step size.
     updates_per_sample: weight updates with each sample (K&W: 5).
+    init_std: if > 0, every decoder weight and bias is drawn from N(0, init_std^2), as the VAE's
+        ``init_std`` (K&W Section 5); 0 keeps PyTorch's initialisation.
     """
 
     name: str = "mcem"
     latent_dim: int = 3
     hidden: list[int] = field(default_factory=lambda: [100])
     activation: str = "tanh"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian", "gaussian_sigmoid"] = "bernoulli"
+    init_std: float = 0.0
     hmc_transitions: int = 10
     leapfrog_steps: int = 10
     target_accept: float = 0.9
@@ -80,6 +83,9 @@ class MCEMConfig(ModelConfig):
             raise VaelabError(f"{prefix}.latent_dim must be a positive integer, got {self.latent_dim}")
         if any(h < 1 for h in self.hidden):
             raise VaelabError(f"{prefix}.hidden sizes must be positive integers, got {self.hidden}")
+        if self.init_std < 0:
+            raise VaelabError(f"{prefix}.init_std must be >= 0 (0 keeps PyTorch's initialisation), "
+                              f"got {self.init_std}")
         for key in ("hmc_transitions", "leapfrog_steps", "updates_per_sample"):
             if getattr(self, key) < 1:
                 raise VaelabError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
@@ -101,6 +107,10 @@ class MCEM(Model, GenerativeLatentModel, Sampling):
         self.head = likelihood_head(config.likelihood)
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
+        if config.init_std > 0:
+            with torch.no_grad():  # K&W Section 5: every parameter ~ N(0, init_std^2)
+                for p in self.decoder.parameters():
+                    p.normal_(0.0, config.init_std)
         # the adapted HMC step size: state of the E-step that persists across minibatches
         self.register_buffer("hmc_step_size", torch.tensor(float(config.step_size)))
         self._sample: tuple[Tensor, Tensor] | None = None  # (z (B, latent_dim), accept rate (B,))

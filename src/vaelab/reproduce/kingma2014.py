@@ -74,7 +74,7 @@ def kw_config(
             "hidden": [hidden],
             "activation": "tanh",
             "likelihood": "gaussian_sigmoid" if frey else "bernoulli",
-            "init_std": 0.01,
+            "init_std": 0.1,  # N(0, 0.01) read as a variance (models/vae.py)
             **(extra_model or {}),
         },
         "data": {"name": dataset, "binarize": "none" if frey else "dynamic", "valid_size": valid_size,

@@ -55,6 +55,12 @@ class Context:
         """``full`` scaled by the budget, rounded, at least ``minimum``."""
         return max(minimum, int(round(full * self.budget)))
 
+    def measured(self, full: float, minimum: int = 1) -> int:
+        """A measurement's size (examples evaluated, samples per estimate): ``full`` from a budget of
+        0.1 up, so a run at a tenth of the training budget is measured as precisely as the full one;
+        scaled below that (quick looks and tests)."""
+        return int(full) if self.budget >= 0.1 else self.scaled(full, minimum)
+
     def scaled_log(self, full: float, minimum: int = 1) -> int:
         """``full`` scaled by the budget on a log scale (for counts whose cost is not linear, e.g.
         dataset sizes shown on a log axis): budget 1 gives ``full``, smaller budgets shrink it by

@@ -105,14 +105,14 @@ def _fixed_sets(ctx: Context, n_train: int) -> dict[str, torch.Tensor]:
     from vaelab.data import load_dataset
 
     bundle = load_dataset(DataConfig(name="mnist", binarize="dynamic", valid_size=0, limit=n_train))
-    k = ctx.scaled(1000, minimum=10)
+    k = ctx.measured(1000, minimum=10)
     train, test = bundle.eval_images("train"), bundle.eval_images("test")
     return {"train": train[:k].contiguous(), "test": test[:k].contiguous()}
 
 
 def run_fig3(ctx: Context) -> list[Section]:
     settings = dict(AIS_SETTINGS)
-    settings["n_steps"] = ctx.scaled(settings["n_steps"], minimum=10)
+    settings["n_steps"] = ctx.measured(settings["n_steps"], minimum=10)
     curves: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for n_train in SIZES:
         n = n_train if ctx.budget >= 0.01 else min(n_train, ctx.scaled_log(n_train, minimum=200))

@@ -57,9 +57,9 @@ class Context:
 
     def measured(self, full: float, minimum: int = 1) -> int:
         """A measurement's size (examples evaluated, samples per estimate): ``full`` from a budget of
-        0.1 up, so a run at a tenth of the training budget is measured as precisely as the full one;
-        scaled below that (quick looks and tests)."""
-        return int(full) if self.budget >= 0.1 else self.scaled(full, minimum)
+        0.01 up, so a run at a fraction of the training budget is measured as precisely as the full
+        one; scaled below that (quick looks and tests)."""
+        return int(full) if self.budget >= 0.01 else self.scaled(full, minimum)
 
     def scaled_log(self, full: float, minimum: int = 1) -> int:
         """``full`` scaled by the budget on a log scale (for counts whose cost is not linear, e.g.

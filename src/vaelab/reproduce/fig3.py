@@ -33,7 +33,7 @@ HIDDEN, LATENT = 100, 3
 METHODS = (("vae", "AEVB", 1e8), ("wake_sleep", "wake-sleep", 1e8), ("mcem", "MCEM", 1e7))
 SIZES = (1_000, 50_000)
 POINTS = 8
-AIS_SETTINGS = {"n_steps": 200, "chains": 2, "leapfrog": 5}
+AIS_SETTINGS = {"n_steps": 100, "chains": 2, "leapfrog": 5}
 """AIS along the curves (``vaelab.evaluation.ais.AISSettings``): with 3 latent variables the posterior
 is easy; REPRODUCTIONS.md shows doubling the distributions moves the estimate by less than 0.2 nats."""
 

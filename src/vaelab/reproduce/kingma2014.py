@@ -156,7 +156,7 @@ def _steps(ctx: Context, samples: float) -> int:
 
 
 def _eval(ctx: Context) -> dict[str, int]:
-    """The test evaluation: K = 1000 on 2,000 test images (scaled down below a budget of 0.1)."""
+    """The test evaluation: K = 1000 on 2,000 test images (scaled down below a budget of 0.01)."""
     return {"is_samples": ctx.measured(1000, minimum=10), "eval_examples": ctx.measured(2000, minimum=100)}
 
 

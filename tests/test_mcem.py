@@ -142,3 +142,18 @@ def test_an_mcem_run_is_evaluated_by_ais_and_the_cli_takes_ais_settings(tmp_path
     assert "accept_rate" in result  # the test loss's monitored term
     assert main(["eval", str(run), "--ais", "0"]) != 0
     assert "AIS needs at least one step" in capsys.readouterr().err
+
+
+def test_eval_ais_settings_come_from_the_config(tmp_path, capsys):
+    """``eval.ais_*`` choose AIS for any latent model (here a VAE, otherwise evaluated by IS) and its
+    settings; an MCEM run with the defaults is evaluated by AIS; bad values are one-line errors."""
+    run = tmp_path / "vae"
+    vae = str(Path(SMOKE).parent / "smoke_vae_digits.toml")
+    sets = ["--set", "eval.ais_steps=15", "--set", "eval.ais_chains=2", "--set", "eval.ais_leapfrog=2",
+            "--set", "eval.max_examples=8", "--set", "train.max_steps=3"]
+    assert main(["train", vae, "--out", str(run), "--quiet", *sets]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    got = (result["method"], result["ais_n_steps"], result["ais_chains"], result["ais_leapfrog"])
+    assert got == ("ais", 15, 2, 2)
+    assert main(["train", vae, "--out", str(tmp_path / "bad"), "--set", "eval.ais_chains=0"]) == 2
+    assert "eval.ais_chains" in capsys.readouterr().err

@@ -170,6 +170,10 @@ class EvalConfig:
     batch_size: test examples per evaluation batch.
     max_examples: evaluate on the first N test examples only (0: all).
     n_samples: images in the samples figure.
+    ais_steps: if > 0, estimate log p(x) by annealed importance sampling with this many intermediate
+        distributions instead of importance sampling (``vaelab.evaluation.ais``). A model without an
+        encoder (``mcem``) is always evaluated by AIS, with 500 distributions when this is 0.
+    ais_chains, ais_leapfrog: AIS chains per example and leapfrog steps per HMC transition.
     """
 
     is_samples: int = 1000
@@ -177,10 +181,17 @@ class EvalConfig:
     max_examples: int = 0
     n_samples: int = 64
     seed: int = 1234
+    ais_steps: int = 0
+    ais_chains: int = 4
+    ais_leapfrog: int = 10
 
     def validate(self, prefix: str) -> None:
         if self.is_samples < 1:
             raise VaelabError(f"{prefix}.is_samples must be >= 1, got {self.is_samples}")
+        if self.ais_steps < 0 or self.ais_chains < 1 or self.ais_leapfrog < 1:
+            raise VaelabError(f"{prefix}.ais_steps must be >= 0 (0: importance sampling), "
+                              f"{prefix}.ais_chains and {prefix}.ais_leapfrog >= 1; got {self.ais_steps}, "
+                              f"{self.ais_chains}, {self.ais_leapfrog}")
         if self.batch_size < 1 or self.n_samples < 1 or self.max_examples < 0:
             raise VaelabError(f"{prefix}.batch_size and {prefix}.n_samples must be >= 1")
 

@@ -401,9 +401,10 @@ def evaluate_run(
     sections and the evaluation -> sections.json. ``k``, ``max_examples`` and ``seed`` replace the
     run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given.
 
-    ``ais``: estimate log p(x) by annealed importance sampling with these settings instead of IS;
-    a model with a prior and decoder but no encoder (a ``GenerativeLatentModel`` that is not a
-    ``LatentVariableModel``, e.g. MCEM) is always evaluated by AIS (default ``AISSettings``)."""
+    ``ais``: estimate log p(x) by annealed importance sampling with these settings instead of IS
+    (default: the run's ``eval.ais_*`` settings when ``eval.ais_steps`` > 0); a model with a prior and
+    decoder but no encoder (a ``GenerativeLatentModel`` that is not a ``LatentVariableModel``, e.g.
+    MCEM) is always evaluated by AIS."""
     from vaelab.evaluation import active_units, importance_sampled_log_likelihood, mean_loss_terms
     from vaelab.evaluation.ais import ais_log_likelihood
     from vaelab.evaluation.units import example_counts, negative_elbo_per_example, units
@@ -428,8 +429,9 @@ def evaluate_run(
     terms = mean_loss_terms(model, batches.epoch(0))
     result.update({k2: v for k2, v in terms.items() if k2 != "loss"})
     encoder_free = isinstance(model, GenerativeLatentModel) and not isinstance(model, LatentVariableModel)
-    if ais is None and encoder_free:
-        ais = AISSettings()  # no encoder to importance-sample with
+    if ais is None and (cfg.eval.ais_steps or encoder_free):  # no encoder to importance-sample with
+        ais = AISSettings(n_steps=cfg.eval.ais_steps or AISSettings.n_steps, chains=cfg.eval.ais_chains,
+                          leapfrog=cfg.eval.ais_leapfrog)
     if ais is not None:
         if not isinstance(model, GenerativeLatentModel):
             raise VaelabError(f"--ais: model {cfg.model.name!r} has no prior and decoder to anneal between; "

@@ -170,9 +170,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ais", type=int, default=None, metavar="N",
                    help="estimate log p(x) by annealed importance sampling with N intermediate distributions "
                         "instead of importance sampling")
-    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per example (with --ais)")
-    p.add_argument("--ais-leapfrog", type=int, default=10,
-                   help="leapfrog steps per HMC transition (with --ais)")
+    p.add_argument("--ais-chains", type=int, default=None,
+                   help="AIS chains per example (with --ais; default 4, as eval.ais_chains)")
+    p.add_argument("--ais-leapfrog", type=int, default=None,
+                   help="leapfrog steps per HMC transition (with --ais; default 10)")
     p.add_argument(
         "--checkpoint",
         choices=["best", "latest"],
@@ -191,7 +192,10 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise VaelabError(f"--is-samples must be >= 1, got {args.is_samples}")
     ais = None
     if args.ais is not None:
-        ais = AISSettings(n_steps=args.ais, chains=args.ais_chains, leapfrog=args.ais_leapfrog)
+        from vaelab.config import EvalConfig
+
+        ais = AISSettings(n_steps=args.ais, chains=args.ais_chains or EvalConfig.ais_chains,
+                          leapfrog=args.ais_leapfrog or EvalConfig.ais_leapfrog)
         ais.validate()
     result = evaluate_run(
         args.run,

@@ -9,7 +9,7 @@ from torch import nn
 
 from vaelab.errors import VaelabError
 
-__all__ = ["ACTIVATIONS", "activation", "MLP"]
+__all__ = ["ACTIVATIONS", "activation", "MLP", "normal_init_"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -47,3 +47,11 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Sequential's, typed
         return super().forward(x)
+
+
+@torch.no_grad()
+def normal_init_(module: nn.Module, std: float) -> None:
+    """Draw every parameter of ``module`` from N(0, std^2) in place (Kingma & Welling 2014, Section 5
+    initialise all weights and biases this way)."""
+    for p in module.parameters():
+        p.normal_(0.0, std)

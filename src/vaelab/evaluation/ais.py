@@ -43,6 +43,7 @@ from torch import Tensor
 
 from vaelab.errors import VaelabError
 from vaelab.estimators import logmeanexp
+from vaelab.evaluation.likelihood import LogLikelihoodEstimate
 from vaelab.mcmc import StepSizeAdapter, hmc_step
 from vaelab.models.base import GenerativeLatentModel
 
@@ -135,29 +136,18 @@ def ais(model: GenerativeLatentModel, x: Tensor, settings: AISSettings | None = 
 
 
 @dataclass
-class AISResult:
+class AISResult(LogLikelihoodEstimate):
     """Per-example AIS estimates over a dataset and their summaries.
 
     log_px: (N,) nats; chain_stderr: (N,) Monte Carlo standard error of each over its chains;
     accept_rate: (N,); n_dims: D; settings: the AIS settings used.
     """
 
-    log_px: Tensor
     chain_stderr: Tensor
     accept_rate: Tensor
     n_dims: int
     settings: AISSettings
     seconds: float = 0.0
-
-    @property
-    def mean(self) -> float:
-        return self.log_px.double().mean().item()
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of the mean over examples (as the importance-sampling evaluation reports)."""
-        n = self.log_px.numel()
-        return self.log_px.double().std().item() / math.sqrt(n) if n > 1 else float("nan")
 
     @property
     def chain_stderr_of_mean(self) -> float:

@@ -35,6 +35,7 @@ from torch import Tensor
 from vaelab.tokens import TokenBatch
 
 __all__ = [
+    "LogLikelihoodEstimate",
     "LikelihoodResult",
     "importance_sampled_log_likelihood",
     "streaming_log_likelihood",
@@ -53,17 +54,11 @@ def is_reliable(ess_mean: float, k: int) -> bool:
 
 
 @dataclass
-class LikelihoodResult:
-    """Per-example estimates and their summaries.
-
-    log_px: (N,) nats; ess: (N,) effective sample sizes; k: samples per example; n_dims: D.
-    """
+class LogLikelihoodEstimate:
+    """Per-example estimates of log p(x), ``log_px`` (N,) nats, and the two summaries every estimator
+    reports: their mean and its standard error over the examples."""
 
     log_px: Tensor
-    ess: Tensor
-    k: int
-    n_dims: int
-    seconds: float = 0.0
 
     @property
     def mean(self) -> float:
@@ -71,8 +66,22 @@ class LikelihoodResult:
 
     @property
     def stderr(self) -> float:
+        """Standard error of the mean over the examples."""
         n = self.log_px.numel()
         return self.log_px.double().std().item() / math.sqrt(n) if n > 1 else float("nan")
+
+
+@dataclass
+class LikelihoodResult(LogLikelihoodEstimate):
+    """Importance-sampled estimates and their summaries.
+
+    log_px: (N,) nats; ess: (N,) effective sample sizes; k: samples per example; n_dims: D.
+    """
+
+    ess: Tensor
+    k: int
+    n_dims: int
+    seconds: float = 0.0
 
     @property
     def bits_per_dim(self) -> float:

@@ -24,7 +24,6 @@ what :class:`~vaelab.models.base.GenerativeLatentModel` declares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -37,13 +36,12 @@ from vaelab.models.base import (
     GenerativeLatentModel,
     LossOutput,
     Model,
-    ModelConfig,
     ReportInputs,
     Sampling,
     register_model,
 )
-from vaelab.models.vae import manifold_section
-from vaelab.nn import MLP
+from vaelab.models.vae import MLPLatentConfig, manifold_section
+from vaelab.nn import MLP, normal_init_
 from vaelab.sections import ImagesSection, Section
 from vaelab.spec import DataSpec
 
@@ -51,26 +49,23 @@ __all__ = ["MCEM", "MCEMConfig"]
 
 
 @dataclass
-class MCEMConfig(ModelConfig):
-    """Settings of the Monte Carlo EM baseline.
+class MCEMConfig(MLPLatentConfig):
+    """Settings of the Monte Carlo EM baseline: the MLP latent families' settings (``latent_dim``,
+    ``hidden``, ``activation``, ``likelihood``, ``init_std``; ``hidden`` are the sizes the VAE's
+    encoder has, the decoder mirrors them, so the same keys give the same decoder), with K&W's
+    Figure 3 network as defaults, and the E-step's:
 
-    latent_dim, hidden, activation, likelihood: as the VAE's (``hidden`` are the sizes the VAE's
-        encoder has; the decoder mirrors them, so the same keys give the same decoder).
     hmc_transitions: HMC transitions per posterior sample, chains started from the prior.
     leapfrog_steps: leapfrog steps per transition (K&W: 10).
     target_accept: acceptance rate the step size is adapted towards (K&W: 0.9).
     step_size: the initial step size; step_size_gain: Robbins-Monro gain on the log step size.
     updates_per_sample: weight updates with each sample (K&W: 5).
-    init_std: if > 0, every decoder weight and bias is drawn from N(0, init_std^2), as the VAE's
-        ``init_std`` (K&W Section 5); 0 keeps PyTorch's initialisation.
     """
 
     name: str = "mcem"
     latent_dim: int = 3
     hidden: list[int] = field(default_factory=lambda: [100])
     activation: str = "tanh"
-    likelihood: Literal["bernoulli", "gaussian", "gaussian_sigmoid"] = "bernoulli"
-    init_std: float = 0.0
     hmc_transitions: int = 10
     leapfrog_steps: int = 10
     target_accept: float = 0.9
@@ -79,13 +74,7 @@ class MCEMConfig(ModelConfig):
     updates_per_sample: int = 5
 
     def validate(self, prefix: str) -> None:
-        if self.latent_dim < 1:
-            raise VaelabError(f"{prefix}.latent_dim must be a positive integer, got {self.latent_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise VaelabError(f"{prefix}.hidden sizes must be positive integers, got {self.hidden}")
-        if self.init_std < 0:
-            raise VaelabError(f"{prefix}.init_std must be >= 0 (0 keeps PyTorch's initialisation), "
-                              f"got {self.init_std}")
+        super().validate(prefix)
         for key in ("hmc_transitions", "leapfrog_steps", "updates_per_sample"):
             if getattr(self, key) < 1:
                 raise VaelabError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
@@ -107,10 +96,8 @@ class MCEM(Model, GenerativeLatentModel, Sampling):
         self.head = likelihood_head(config.likelihood)
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
-        if config.init_std > 0:
-            with torch.no_grad():  # K&W Section 5: every parameter ~ N(0, init_std^2)
-                for p in self.decoder.parameters():
-                    p.normal_(0.0, config.init_std)
+        if config.init_std > 0:  # K&W Section 5: every parameter ~ N(0, init_std^2)
+            normal_init_(self.decoder, config.init_std)
         # the adapted HMC step size: state of the E-step that persists across minibatches
         self.register_buffer("hmc_step_size", torch.tensor(float(config.step_size)))
         self._sample: tuple[Tensor, Tensor] | None = None  # (z (B, latent_dim), accept rate (B,))

@@ -39,7 +39,7 @@ from vaelab.models.base import (
     register_model,
 )
 from vaelab.models.pictures import explorer_section, is_image_shape
-from vaelab.nn import MLP
+from vaelab.nn import MLP, normal_init_
 from vaelab.schedules import linear_ramp
 from vaelab.sections import ImagesSection, ManifoldSection, ReconstructionsSection, ScatterSection, Section
 from vaelab.spec import DataSpec
@@ -141,10 +141,8 @@ class MLPLatentModel(Model, LatentVariableModel, Reconstructing, Sampling):
         self.decoder = MLP([config.latent_dim, *reversed(config.hidden), self.head.params_per_dim * d],
                            config.activation)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
-        if config.init_std > 0:
-            with torch.no_grad():  # K&W Section 5: every parameter ~ N(0, init_std^2)
-                for p in self.parameters():
-                    p.normal_(0.0, config.init_std)
+        if config.init_std > 0:  # K&W Section 5: every parameter ~ N(0, init_std^2)
+            normal_init_(self, config.init_std)
 
     # ------------------------------------------------------------------ the three pieces
     @property

@@ -629,3 +629,17 @@ def test_curves_and_heatmap_of_the_wrong_shape_become_notes() -> None:
     assert "x has shape (2, 3) but y has (2, 4)" in render_section(bad).body
     bad = sec.HeatmapSection(name="l", title="L", values=np.zeros(3))
     assert "a heat map needs a 2-D array, got shape (3,)" in render_section(bad).body
+
+
+def test_curves_keep_a_far_off_first_point_out_of_the_axis_and_draw_log_x() -> None:
+    """A model's bound before training (-200,000 nats) would flatten curves near -150: the y axis
+    leaves it out as the training curves do; ``logx`` gives a log x axis; geometry keeps every point."""
+    from vaelab.report.plots import curves_plot
+
+    x = np.array([[1e3, 1e4, 1e5] + [2e5 + i for i in range(20)]], float)
+    y = np.array([[-2e5, -180.0, -160.0] + [-150.0 + 0.1 * i for i in range(20)]])
+    ax = curves_plot(x, y, ["AEVB"], logx=True).axes[0]
+    lo, hi = ax.get_ylim()
+    assert ax.get_xscale() == "log" and -200 < lo < -175 and -150 < hi < -140
+    lo, _ = curves_plot(x, y, ["AEVB"], equal_aspect=True).axes[0].get_ylim()
+    assert lo <= -2e5

@@ -451,7 +451,9 @@ def curves_plot(
     """Curves with their own points: ``x``, ``y`` (M, N), one curve per row, NaN ending a shorter one.
 
     ``styles``: matplotlib format strings per curve ("-", "--", ".-"); ``colors`` per curve, else one
-    colour per distinct label in order. A curve is named in the legend once per label.
+    colour per distinct label in order. A curve is named in the legend once per label. Without
+    ``equal_aspect`` the y axis leaves out early points that alone would stretch it threefold (as
+    the training curves do).
 
     Raises:
         ValueError: when ``x`` and ``y`` differ in shape.
@@ -471,6 +473,8 @@ def curves_plot(
         ax.plot(cx, cy, style, color=color, lw=1.4, ms=4, label=label if first else None)
     if equal_aspect:
         ax.set_aspect("equal", adjustable="datalim")
+    elif (lim := _robust_ylim([cy[np.isfinite(cy)] for cy in ys])) is not None:
+        ax.set_ylim(*lim)  # a first value far off (an untrained model's bound) would flatten the rest
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

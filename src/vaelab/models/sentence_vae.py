@@ -247,9 +247,13 @@ class LSTMDecoder(nn.Module):
     def log_prob(self, batch: TokenBatch, cond: Tensor | None = None, word_dropout: float = 0.0) -> Tensor:
         """log p(x | c) per sentence (N,) nats: the token log-probabilities summed over the real
         positions (words and ``<eos>``) only, so padding never changes it. cond: (N, cond_dim)."""
-        logits = self.logits(self.inputs(batch, word_dropout), cond)
-        nll = F.cross_entropy(logits.transpose(1, 2), batch.tokens, reduction="none")  # (N, T)
-        return -(nll * batch.mask).sum(1)
+        inputs = self.inputs(batch, word_dropout)
+        h, _ = self.lstm(self._embed(inputs, cond), self._state(cond, inputs.shape[0]))  # (N, T, H)
+        # the softmax over V words is most of a step's time: computed at the real positions only,
+        # as (n, V) rows (several times faster on CPU than cross_entropy with the class dim in the middle)
+        mask = batch.mask
+        nll = F.cross_entropy(self.project(h[mask]), batch.tokens[mask], reduction="none")  # (n,)
+        return -torch.zeros(mask.shape, dtype=nll.dtype, device=nll.device).masked_scatter_(mask, nll).sum(1)
 
     # ------------------------------------------------------------------ decoding, one step at a time
     def start(self, cond: Tensor | None, n: int, device: torch.device) -> tuple[Tensor, State | None]:

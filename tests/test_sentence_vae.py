@@ -288,3 +288,12 @@ def test_the_ptb_presets_are_valid_and_the_smoke_preset_trains_from_the_command_
         cfg = config_from_dict(read_toml(ROOT / "configs" / f"{name}.toml"))
         assert cfg.data.name == "ptb"
         build_model(cfg.model, model.spec)
+
+
+def test_token_ids_outside_the_vocabulary_are_a_one_line_error():
+    from vaelab.errors import VaelabError
+
+    model = _vae()
+    model.check_data(Sequences.from_lists([[4, 5, 3], [12, 3]]))  # ids up to V - 1 = 12 are fine
+    with pytest.raises(VaelabError, match="vocabulary holds 13 words; build the model from this data's spec"):
+        model.check_data(Sequences.from_lists([[4, 13, 3]]))

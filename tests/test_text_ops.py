@@ -107,8 +107,8 @@ def test_unknown_words_are_counted_and_named(model):
 def test_long_sentence_is_kept_whole_with_a_warning(model):
     long = "the cat sat on the mat all day long ."  # 10 words, the model's maximum is 7
     rec = text_ops.reconstruct(model, long, n_samples=1)
-    assert rec.input.too_long == 10 and rec.input.text == long.replace("on the mat all day long", " ".join(
-        w if w in model.vocab else "<unk>" for w in "on the mat all day long".split()))
+    assert rec.input.too_long == 10
+    assert rec.input.text == "the cat sat <unk> the <unk> <unk> <unk> <unk> ."  # every word kept
     assert any("10 words is longer than the model's maximum length 7" in w for w in rec.input.warnings())
 
 

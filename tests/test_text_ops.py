@@ -30,7 +30,8 @@ class Codebook(nn.Module):
     """The API of vaelab.models.sentence_vae.SentenceVAE that text_ops uses, with a known decoder."""
 
     latent_dim = 2
-    config = SimpleNamespace(max_len=7)
+    config = SimpleNamespace(max_decode_length=7)
+    spec = SimpleNamespace(shape=(5,))
     device = torch.device("cpu")
 
     def __init__(self):
@@ -45,7 +46,7 @@ class Codebook(nn.Module):
         return " ".join(self._vocab.words[i] for i in ids)
 
     def encode_sentences(self, sentences):
-        seqs = self._vocab.encode([s.split() for s in sentences])
+        seqs = self._vocab.encode([s.lower().split() for s in sentences])
         return seqs.pad(torch.arange(len(sentences)), 0), int((seqs.flat == 1).sum())
 
     def _nearest_stored(self, batch) -> torch.Tensor:
@@ -67,7 +68,7 @@ class Codebook(nn.Module):
 
     def greedy(self, z, max_len=None):
         k = torch.cdist(z, POINTS).argmin(1)
-        limit = max_len or self.config.max_len
+        limit = max_len or self.config.max_decode_length
         return [self._vocab.encode([STORED[int(i)].split()])[0].tolist()[:-1][:limit] for i in k]
 
     def beam(self, z, beam_size=5, max_len=None):
@@ -97,7 +98,7 @@ def test_reconstruct_stored_sentence_from_mean_and_samples(model):
 
 
 def test_unknown_words_are_counted_and_named(model):
-    rec = text_ops.reconstruct(model, "the zebra sat zebra .", n_samples=0)
+    rec = text_ops.reconstruct(model, "The zebra sat Zebra .", n_samples=0)  # lower-cased
     assert rec.input.text == "the <unk> sat <unk> ." and rec.input.unknown == ("zebra", "zebra")
     (line,) = rec.input.warnings()
     assert line.startswith("2 unknown word(s) read as <unk>") and line.endswith(": zebra")

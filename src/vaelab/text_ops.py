@@ -6,11 +6,12 @@ samples), Table 8 (homotopies: decodes along the line between two latent points)
 (imputing missing words). Each function takes a loaded model (``load_sentence_model``) and a seed
 where it draws, and returns data (frozen dataclasses of strings); ``vaelab text`` prints them.
 
-Input sentences are split on whitespace like the training text (``vaelab.data.text``); words
+Input sentences are lower-cased and split on whitespace (``SentenceVAE.encode_sentences``); words
 outside the model's vocabulary become ``<unk>`` and are listed in :class:`TextInput`'s
-``unknown`` so the caller can warn. A sentence longer than the model's maximum length (the
-longest training sentence) is kept whole: it is encoded in full, decodes may run as long as it,
-and :attr:`TextInput.too_long` says so. An empty sentence is an error.
+``unknown`` so the caller can warn. A sentence longer than the model's maximum length (its
+decode limit: ``model.max_decode_length``, else the longest training sequence) is kept whole: it
+is encoded in full, decodes may run as long as it, and :attr:`TextInput.too_long` says so. An
+empty sentence is an error.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TextInput:
             out.append(f"{len(self.unknown)} unknown word(s) read as <unk> in {self.text!r}: {words}")
         if self.too_long is not None:
             out.append(f"sentence of {self.too_long} words is longer than the model's maximum length "
-                       f"{self.max_len} (its longest training sentence); encoded whole, decodes allowed "
+                       f"{self.max_len} (its decode limit); encoded whole, decodes allowed "
                        f"{self.too_long} words")
         return out
 
@@ -127,7 +128,9 @@ def load_sentence_model(run_dir: str | Path, device: torch.device) -> SentenceVA
 
 
 def _max_len(model: SentenceVAE) -> int:
-    return int(model.config.max_len)
+    """The most tokens a decode generates: ``model.max_decode_length``, else the longest training
+    sequence (its words and ``<eos>``), as the model's own decoding methods default to."""
+    return int(model.config.max_decode_length or model.spec.shape[0])
 
 
 def read_sentence(model: SentenceVAE, sentence: str) -> tuple[list[str], TextInput]:
@@ -136,6 +139,7 @@ def read_sentence(model: SentenceVAE, sentence: str) -> tuple[list[str], TextInp
     if not words:
         raise VaelabError("the sentence is empty; give at least one word, e.g. \"i went to the kitchen .\"")
     known = set(model.vocab) - set(SPECIALS)
+    words = [w.lower() for w in words]  # as the model's encode_sentences reads them
     unknown = tuple(w for w in words if w not in known)
     text = " ".join(w if w in known else "<unk>" for w in words)
     limit = _max_len(model)

@@ -19,9 +19,11 @@ from vaelab.models.base import (
     Sampling,
 )
 from vaelab.models.mcem import MCEMConfig
+from vaelab.models.sentence_vae import LSTMLanguageModelConfig, SentenceVAEConfig
 from vaelab.models.vae import VAEConfig
 from vaelab.models.wake_sleep import WakeSleepConfig
 from vaelab.spec import KINDS, DataSpec
+from vaelab.tokens import Sequences, TokenBatch
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.loop import build_optimizer
 
@@ -32,6 +34,24 @@ def _binary(shape):
 
 def _grey(shape):
     return lambda g, b: torch.rand(b, *shape, generator=g)
+
+
+_WORDS = ["<pad>", "<unk>", "<bos>", "<eos>", "the", "cat", "sat", "on", "a", "mat"]
+_TEXT = DataSpec((7,), "tokens", extra={"vocab": _WORDS, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3})
+
+
+def _sentences(g, b):
+    """b sentences of 1-6 random words and <eos>, padded into a TokenBatch (widest first, so the
+    batch is as wide as its longest sentence)."""
+    lengths = torch.randint(1, 7, (b,), generator=g)
+    lengths[0] = 6
+    seqs = [torch.randint(4, len(_WORDS), (int(n),), generator=g).tolist() + [3] for n in lengths]
+    return Sequences.from_lists(seqs).pad(torch.arange(b), 0)
+
+
+def _event(x, b, px):
+    """x as ``px.log_prob`` takes it: token batches as they are, tensors flattened to its event."""
+    return x if isinstance(x, TokenBatch) else x.reshape(b, *px.event_shape)
 
 
 # name -> list of (config, spec, batch maker)
@@ -67,6 +87,18 @@ CASES = {
             DataSpec((1, 4, 4), "continuous"),
             _grey((1, 4, 4)),
         ),
+    ],
+    "sentence_vae": [
+        (SentenceVAEConfig(embedding_dim=6, hidden_size=8, latent_dim=3, word_dropout=0.25,
+                           kl_warmup_steps=10), _TEXT, _sentences),
+        (SentenceVAEConfig(embedding_dim=8, hidden_size=8, latent_dim=2, layers=2, tie_embeddings=True,
+                           z_every_step=True, word_dropout=1.0, kl_schedule="linear", kl_warmup_steps=5,
+                           free_bits=0.1), _TEXT, _sentences),
+    ],
+    "lstm_lm": [
+        (LSTMLanguageModelConfig(embedding_dim=6, hidden_size=8, word_dropout=0.25), _TEXT, _sentences),
+        (LSTMLanguageModelConfig(embedding_dim=8, hidden_size=8, layers=2, tie_embeddings=True), _TEXT,
+         _sentences),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),
@@ -116,7 +148,7 @@ def test_declared_interfaces_hold(name, i):
     model, x = _make(name, i)
     model.eval()
     assert isinstance(model, Model) and model.data_kinds and model.spec.kind in model.data_kinds
-    b = x.shape[0]
+    b = len(x)
     if isinstance(model, GenerativeLatentModel):
         p = model.prior()
         assert p.event_shape == (model.latent_dim,)
@@ -124,7 +156,7 @@ def test_declared_interfaces_hold(name, i):
         px = model.decode(z)
         assert isinstance(px, Distribution) and px.batch_shape == (3, b)
         # log p(x, z) = log p(z) + log p(x|z), from the declared pieces
-        direct = p.log_prob(z) + px.log_prob(x.reshape(b, *px.event_shape))
+        direct = p.log_prob(z) + px.log_prob(_event(x, b, px))
         torch.testing.assert_close(model.log_joint(x, z), direct)
     if isinstance(model, LatentVariableModel):
         q, p = model.encode(x), model.prior()
@@ -143,13 +175,17 @@ def test_declared_interfaces_hold(name, i):
             lw = model.log_importance_weights(x, 4000)
             z = q.sample((4000,))
             px = model.decode(z)
-            direct = px.log_prob(x.reshape(b, *px.event_shape)) + p.log_prob(z) - q.log_prob(z)
+            direct = px.log_prob(_event(x, b, px)) + p.log_prob(z) - q.log_prob(z)
         se = (lw.var(0) / 4000 + direct.var(0) / 4000).sqrt()
         assert ((lw.mean(0) - direct.mean(0)).abs() < 5 * se + 1e-4).all()
     if isinstance(model, Reconstructing):
         assert model.reconstruct(x).shape == x.shape
     if isinstance(model, Sampling):
-        assert model.sample(4).shape == (4, *model.spec.shape)
+        drawn = model.sample(4)
+        if model.spec.kind == "tokens":  # sentences as strings
+            assert len(drawn) == 4 and all(isinstance(s, str) for s in drawn)
+        else:
+            assert drawn.shape == (4, *model.spec.shape)
         section = model.samples_section(3)
         assert section.name == "samples" and type(section) in sections.SECTION_KINDS.values()
     if isinstance(model, DiscreteCodeModel):
@@ -166,8 +202,8 @@ def test_declared_interfaces_hold(name, i):
 def test_report_sections_are_registered_kinds_that_round_trip(name, i, tmp_path):
     model, x = _make(name, i)
     model.eval()
-    labels = torch.arange(x.shape[0])
-    out = model.report_sections(ReportInputs([x[:3], x[3:]], labels, n_samples=6))
+    labels = torch.arange(len(x))
+    out = model.report_sections(ReportInputs(list(x.split(3)), labels, n_samples=6))
     assert out and all(type(s) in sections.SECTION_KINDS.values() for s in out)
     assert len({s.name for s in out}) == len(out)
     sections.write_sections(tmp_path, out)

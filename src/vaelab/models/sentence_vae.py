@@ -199,9 +199,10 @@ class LSTMDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim)
         in_size = cfg.embedding_dim + (cond_dim if self.cond_every_step else 0)
         self.lstm = nn.LSTM(in_size, cfg.hidden_size, cfg.layers, batch_first=True)
-        self.out = nn.Linear(cfg.hidden_size, vocab_size)
-        if cfg.tie_embeddings:
-            self.out.weight = self.embedding.weight
+        # tied: the output layer reads the embedding matrix itself (one parameter, so checkpoints
+        # hold no shared tensors), with a bias of its own
+        self.out = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, vocab_size)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size)) if cfg.tie_embeddings else None
         self.init_state = nn.Linear(cond_dim, 2 * cfg.layers * cfg.hidden_size) if cond_dim else None
 
     # ------------------------------------------------------------------ teacher forcing
@@ -232,10 +233,16 @@ class LSTMDecoder(nn.Module):
             e = torch.cat([e, cond[:, None, :].expand(-1, e.shape[1], -1)], -1)
         return e
 
+    def project(self, h: Tensor) -> Tensor:
+        """LSTM outputs (..., H) -> next-token logits (..., V)."""
+        if self.out is None:
+            return F.linear(h, self.embedding.weight, self.out_bias)
+        return self.out(h)
+
     def logits(self, inputs: Tensor, cond: Tensor | None = None) -> Tensor:
         """inputs (N, T) ids, cond (N, cond_dim) or None -> next-token logits (N, T, V)."""
         h, _ = self.lstm(self._embed(inputs, cond), self._state(cond, inputs.shape[0]))
-        return self.out(h)
+        return self.project(h)
 
     def log_prob(self, batch: TokenBatch, cond: Tensor | None = None, word_dropout: float = 0.0) -> Tensor:
         """log p(x | c) per sentence (N,) nats: the token log-probabilities summed over the real
@@ -256,7 +263,7 @@ class LSTMDecoder(nn.Module):
         ``<pad>`` and ``<bos>`` are never targets in training; decoding gives them probability 0
         (renormalised over the other words) so that an untrained model cannot emit them either."""
         h, state = self.lstm(self._embed(token[:, None], cond), state)
-        logits = self.out(h[:, 0]).float()
+        logits = self.project(h[:, 0]).float()
         logits[:, [self.ids.pad, self.ids.bos]] = -math.inf
         return torch.log_softmax(logits, -1), state
 

@@ -221,21 +221,19 @@ def homotopy(model: SentenceVAE, a: str | None = None, b: str | None = None, ste
 
 @torch.no_grad()
 def impute(model: SentenceVAE, sentence: str, missing: int | None = None, n_samples: int = 10,
-           beam_size: int = 5, score_samples: int = 8, seed: int = 0) -> Imputation:
+           score_samples: int = 8, seed: int = 0) -> Imputation:
     """Fill in a sentence's missing final words.
 
     The missing words are either marked by trailing ``_`` (``"the cat sat on the _ _"``) or asked
-    for with ``missing``; only a missing *suffix* is supported (Bowman et al. 2015, Section 4.2,
-    impute the final words too). A ``_`` before an observed word is an error.
+    for with ``missing``; only a missing *suffix* is supported (as in Bowman et al. 2015, Section
+    4.2, which imputes the final words). A ``_`` before an observed word is an error.
 
-    Method (a simpler one than the paper's, stated): the encoder reads the observed words; from its
-    posterior mean and ``n_samples`` draws z ~ q(z | observed words), beam search (``beam_size``)
-    decodes whole sentences. Each gives a completion, the observed words followed by the decode's
-    words at the missing positions (the decoder sees z only, not the observed words, since the
-    model decodes from z alone). The completions are ranked by their ELBO under the model, the mean
-    of ``score_samples`` one-sample estimates (``Model.loss``), and the best one is returned: a
-    search for the completion the model finds most likely among those its posterior proposes,
-    where the paper instead runs the decoder conditioned on the observed prefix.
+    Method (simpler than the paper's, stated): the encoder reads the observed words alone; for its
+    posterior mean and for ``n_samples`` draws z ~ q(z | observed words), the decoder conditioned on
+    z is fed the observed words and then chooses the most probable next word ``missing`` times
+    (``<eos>`` and ``<unk>`` excluded: a missing word is a word). The completions found are ranked by
+    their ELBO under the model, the mean of ``score_samples`` one-sample estimates (``Model.loss``),
+    and the best is returned.
     """
     words = sentence.split()
     blanks = 0
@@ -248,30 +246,40 @@ def impute(model: SentenceVAE, sentence: str, missing: int | None = None, n_samp
     if blanks and missing is not None and missing != blanks:
         raise VaelabError(f"{sentence!r} marks {blanks} missing words but {missing} were asked for; give one")
     missing = blanks or missing or 1
-    if missing < 1 or n_samples < 0 or beam_size < 1 or score_samples < 1:
-        raise VaelabError("impute needs missing >= 1, n_samples >= 0, beam_size >= 1 and score_samples >= 1")
+    if missing < 1 or n_samples < 0 or score_samples < 1:
+        raise VaelabError("impute needs missing >= 1, n_samples >= 0 and score_samples >= 1")
     if not observed:
         raise VaelabError("the sentence has no observed words to condition on; give some before the blanks")
     text = " ".join(observed)
     _, seen = read_sentence(model, text)
     torch.manual_seed(seed)
-    q = model.encode(_encode(model, [text]))
+    batch = _encode(model, [text])
+    q = model.encode(batch)
     z = torch.cat([q.mean, q.sample((n_samples,)).reshape(n_samples, -1)])  # (1 + n_samples, latent_dim)
-    limit = max(_decode_len(model, seen), len(observed) + missing)
-    decodes = model.beam(z, beam_size=beam_size, max_len=limit)
+    prefix = batch.tokens[0, : len(observed)]  # (len(observed),) ids, without <eos>
+    fills = _continue(model, z, prefix, missing)  # (1 + n_samples, missing) ids
     known = seen.text.split()
-    candidates = []
-    for ids in decodes:
-        fill = model.words(ids).split()[len(observed): len(observed) + missing]
-        if len(fill) == missing:  # a decode shorter than the full sentence proposes nothing
-            candidates.append(" ".join(known + fill))
-    candidates = list(dict.fromkeys(candidates))
-    if not candidates:
-        raise VaelabError(f"no decode reached {len(observed) + missing} words; ask for fewer missing words "
-                          "or more --samples")
+    candidates = list(dict.fromkeys(" ".join(known + model.words(f).split()) for f in fills))
     scores = _elbo(model, candidates, score_samples)
     ranked = sorted(zip(candidates, scores), key=lambda cs: -cs[1])
     return Imputation(seen, missing, ranked[0][0], tuple(ranked))
+
+
+def _continue(model: SentenceVAE, z: Tensor, prefix: Tensor, missing: int) -> list[list[int]]:
+    """The decoder p(x_t | x_<t, z) fed ``<bos>`` and ``prefix`` (P,) ids, then ``missing`` argmax
+    words, never ``<eos>`` or ``<unk>``. z: (N, latent_dim) -> N lists of ``missing`` ids."""
+    decoder, n = model.decoder, z.shape[0]
+    token, state = decoder.start(z, n, z.device)  # <bos> (N,)
+    for t in prefix.tolist():
+        _, state = decoder.step(token, state, z)
+        token = torch.full((n,), t, dtype=torch.long, device=z.device)
+    out = []
+    for _ in range(missing):
+        logp, state = decoder.step(token, state, z)  # (N, V) log-probabilities of the next word
+        logp[:, [model.ids.eos, model.ids.unk]] = -torch.inf
+        token = logp.argmax(-1)
+        out.append(token)
+    return torch.stack(out, 1).tolist()
 
 
 def _elbo(model: SentenceVAE, sentences: list[str], repeats: int) -> list[float]:

@@ -44,7 +44,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--missing", type=int, default=None,
                    help="number of missing final words when none is marked with _ (default 1)")
     m.add_argument("--samples", type=int, default=10, help="posterior samples proposing completions")
-    m.add_argument("--beam", type=int, default=5, help="beam size of each decode (default 5)")
 
 
 def _warn(*inputs) -> None:
@@ -80,7 +79,7 @@ def text_cmd(args: argparse.Namespace) -> int:
             print(f"{p.t:.2f}  {p.sentence}")
     else:
         imp = text_ops.impute(model, args.sentence, missing=args.missing, n_samples=args.samples,
-                              beam_size=args.beam, seed=args.seed)
+                              seed=args.seed)
         _warn(imp.observed)
         print(imp.filled)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vaelab.cli import main
+from vaelab.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ("the cat sat on the mat .", "a dog ran far away .", "i went to the kitchen .",
@@ -38,6 +39,13 @@ threads = 1
 [eval]
 is_samples = 2
 """
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Decoding steps are tiny: one thread, so that busy cores cannot stall an OpenMP team."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +136,17 @@ def test_a_run_of_another_model_is_refused(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     refused = f"error: run {out} holds a 'vae' model on 'digits', not a sentence VAE; give the folder"
     assert err.startswith(refused)
+
+
+def test_library_results_are_data(text_run):
+    import torch
+
+    from vaelab import text_ops
+
+    model = text_ops.load_sentence_model(text_run, torch.device("cpu"))
+    imp = text_ops.impute(model, "a dog ran _ _ _", n_samples=4, seed=1)
+    scores = [score for _, score in imp.candidates]
+    assert imp.filled == imp.candidates[0][0] == "a dog ran far away ."
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)  # ELBOs, in nats
+    rec = text_ops.reconstruct(model, "how are you doing ?", n_samples=2, seed=1)
+    assert (rec.mean, rec.samples) == ("how are you doing ?", ("how are you doing ?",) * 2)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from vaelab.data.text import SPECIALS
 from vaelab.errors import VaelabError
+from vaelab.tokens import TokenBatch
 
 if TYPE_CHECKING:
     from vaelab.models.sentence_vae import SentenceVAE
@@ -146,7 +147,9 @@ def read_sentence(model: SentenceVAE, sentence: str) -> tuple[list[str], TextInp
     return words, TextInput(text, unknown, len(words) if len(words) > limit else None, limit)
 
 
-def _encode(model: SentenceVAE, sentences: list[str]):
+def _encode(model: SentenceVAE, sentences: list[str]) -> TokenBatch:
+    """The sentences as one padded batch on the model's device (unknown words are counted by
+    :func:`read_sentence`, which names them)."""
     batch, _ = model.encode_sentences(sentences)
     return batch.to(model.device)
 

@@ -28,6 +28,7 @@ TESTED = {
     "lda": "tests/test_vi_*.py",
     "ising": "tests/test_vi_*.py",
     "reproduce": "tests/test_reproduce*.py",
+    "text": "tests/test_text_cli.py",
 }
 
 

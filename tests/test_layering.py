@@ -33,7 +33,7 @@ LEAVES = ("vaelab.sections", "vaelab.runfolder", "vaelab.schedules", "vaelab._ve
           "vaelab.spec", "vaelab.checksums", "vaelab.threads")
 LAYERS = ("vaelab.cli", "vaelab.models", "vaelab.train", "vaelab.data", "vaelab.vi", "vaelab.evaluation",
           "vaelab.report", "vaelab.experiment", "vaelab.config", "vaelab.estimators", "vaelab.divergences",
-          "vaelab.distributions", "vaelab.nn", "vaelab.mcmc", "vaelab.reproduce")
+          "vaelab.distributions", "vaelab.nn", "vaelab.mcmc", "vaelab.reproduce", "vaelab.text_ops")
 
 # importer package -> module prefixes it must not import (at any level)
 _TOP = ("vaelab.cli", "vaelab.reproduce")
@@ -46,6 +46,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                     "vaelab.report", *_TOP),
     "vaelab.report": ("torch", "vaelab.models", "vaelab.train", "vaelab.evaluation", "vaelab.data",
                       "vaelab.experiment", *_TOP),
+    "vaelab.text_ops": _TOP,  # a layer beside experiment: models and the run loader below it
     **{leaf: ("torch", *LAYERS) for leaf in ("vaelab.sections", "vaelab.runfolder", "vaelab._version",
                                              "vaelab.checksums")},
     **{leaf: LAYERS for leaf in ("vaelab.schedules", "vaelab.errors", "vaelab.spec", "vaelab.threads")},

@@ -29,7 +29,8 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules whose import registers subcommands. New families add their module here.
-_COMMAND_MODULES = ("vaelab.cli.core", "vaelab.cli.vi", "vaelab.cli.data", "vaelab.cli.reproduce")
+_COMMAND_MODULES = ("vaelab.cli.core", "vaelab.cli.vi", "vaelab.cli.data", "vaelab.cli.reproduce",
+                    "vaelab.cli.text")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None):

@@ -47,6 +47,7 @@ __all__ = [
     "Sampling",
     "DiscreteCodeModel",
     "AutoregressivePrior",
+    "KLAnnealed",
     "MODELS",
     "register_model",
     "model_class",
@@ -275,6 +276,34 @@ class AutoregressivePrior(ABC):
     @abstractmethod
     def sample(self, n: int, condition: Tensor | None = None) -> Tensor:
         """n code maps (n, *code_shape), drawn in the autoregressive order."""
+
+
+class KLAnnealed(ABC):
+    """A model whose training loss weighs its KL term by a schedule of the step (Bowman et al. 2016
+    annealing): ``kl_weight_at(step)`` is a pure function of the step, so resuming is exact.
+
+    Setting ``train_step`` (the trainer does, before every step) keeps the step's weight in
+    ``self._kl_weight``, a 0-dim buffer that changes value but not identity (a compiled loss takes it
+    as an input instead of compiling again every step; after the warm-up it is not written again),
+    and ``self.kl_weight_now`` as a float (1.0: no annealing this step)."""
+
+    @abstractmethod
+    def kl_weight_at(self, step: int) -> float:
+        """The KL term's weight at ``step`` (1.0 once annealing is over)."""
+
+    @property
+    def train_step(self) -> int:
+        return self._train_step
+
+    @train_step.setter
+    def train_step(self, step: int) -> None:
+        self._train_step = step
+        beta = float(self.kl_weight_at(step))
+        if "_kl_weight" not in self._buffers:
+            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
+        elif beta != self.kl_weight_now:
+            self._kl_weight.fill_(beta)
+        self.kl_weight_now = beta
 
 
 MODELS: dict[str, type[Model]] = {}

@@ -43,6 +43,7 @@ from vaelab.distributions import diag_gaussian, standard_normal
 from vaelab.divergences import DiagonalGaussianKL
 from vaelab.errors import VaelabError
 from vaelab.models.base import (
+    KLAnnealed,
     LatentVariableModel,
     LossOutput,
     Model,
@@ -451,7 +452,7 @@ class LSTMLanguageModel(_SentenceModel):
 
 @final
 @register_model("sentence_vae")
-class SentenceVAE(_SentenceModel, LatentVariableModel):
+class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
     """The sentence VAE of Bowman et al. (2016): LSTM encoder -> q(z|x), LSTM decoder from z (module doc)."""
 
     Config = SentenceVAEConfig
@@ -503,21 +504,8 @@ class SentenceVAE(_SentenceModel, LatentVariableModel):
         return self.log_likelihood(x, z) + self.prior().log_prob(z) - q.log_prob(z)
 
     # ------------------------------------------------------------------ the objective
-    @property
-    def train_step(self) -> int:
-        return self._train_step
-
-    @train_step.setter
-    def train_step(self, step: int) -> None:
-        # The KL weight of this step, a pure function of it, in a 0-dim buffer changed in place (a
-        # compiled loss takes it as an input instead of compiling again every step).
-        self._train_step = step
-        beta = kl_weight(self.config.kl_schedule, step, self.config.kl_warmup_steps)
-        if "_kl_weight" not in self._buffers:
-            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
-        elif beta != self._beta:
-            self._kl_weight.fill_(beta)
-        self._beta = beta
+    def kl_weight_at(self, step: int) -> float:
+        return kl_weight(self.config.kl_schedule, step, self.config.kl_warmup_steps)
 
     def free_bits_kl(self, mu: Tensor, logvar: Tensor) -> Tensor:
         """The KL term trained with free bits: sum_j max(lambda, mean_b KL_j(b)), a scalar (Kingma et
@@ -534,7 +522,7 @@ class SentenceVAE(_SentenceModel, LatentVariableModel):
         rec = self.decoder.log_prob(batch, z, self._word_dropout())  # E_q[log p(x|z)], one sample (B,)
         kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # (B,), Kingma & Welling App. B
         elbo = rec - kl
-        if self.training and (self._beta != 1.0 or self.config.free_bits > 0):
+        if self.training and (self.kl_weight_now != 1.0 or self.config.free_bits > 0):
             train_kl = self.free_bits_kl(mu, logvar) if self.config.free_bits > 0 else kl.mean()
             objective = rec.mean() - self._kl_weight * train_kl
         else:

@@ -29,6 +29,7 @@ from vaelab import estimators
 from vaelab.distributions import diag_gaussian, likelihood_head, standard_normal
 from vaelab.errors import VaelabError
 from vaelab.models.base import (
+    KLAnnealed,
     LatentVariableModel,
     LossOutput,
     Model,
@@ -231,7 +232,7 @@ class MLPLatentModel(Model, LatentVariableModel, Reconstructing, Sampling):
 
 @final
 @register_model("vae")
-class VAE(MLPLatentModel):
+class VAE(MLPLatentModel, KLAnnealed):
     """The VAE: the ELBO (or IWAE-k bound) maximised by the reparameterisation trick (module doc)."""
 
     Config = VAEConfig
@@ -253,25 +254,11 @@ class VAE(MLPLatentModel):
         return fn(x, self.encode(x), self.decode, self.prior(), n_samples=cfg.n_samples,
                   analytic_kl=cfg.analytic_kl, kl_weight=kl_weight)
 
-    @property
-    def train_step(self) -> int:
-        return self._train_step
-
-    @train_step.setter
-    def train_step(self, step: int) -> None:
-        # The KL weight of this step, as a 0-dim tensor that changes value but not identity: a
-        # compiled loss (train.compile) takes it as an input instead of compiling again every step.
-        self._train_step = step
-        beta = linear_ramp(step, self.config.kl_warmup_steps)
-        self._annealing = beta != 1.0
-        if "_kl_weight" not in self._buffers:
-            self.register_buffer("_kl_weight", torch.tensor(beta), persistent=False)
-        elif beta != self._beta:  # constant after the warm-up: no write per step
-            self._kl_weight.fill_(beta)
-        self._beta = beta
+    def kl_weight_at(self, step: int) -> float:
+        return linear_ramp(step, self.config.kl_warmup_steps)
 
     def loss(self, batch: Tensor) -> LossOutput:
-        if self.training and self._annealing:
+        if self.training and self.kl_weight_now != 1.0:
             terms = self.bound(batch, kl_weight=self._kl_weight)
             elbo = terms.reconstruction - terms.kl  # the true ELBO beside the annealed objective
         else:

@@ -150,6 +150,29 @@ def test_the_training_loss_weights_the_kl_of_its_step_and_reports_the_true_elbo(
     torch.testing.assert_close(out.loss, -out.elbo.mean())
 
 
+def test_autoencoder_pretraining_decodes_the_posterior_mean_without_kl_then_starts_the_schedule():
+    """For steps < autoencoder_steps the training loss is -log p(x | z = mu) (no noise, no KL: the
+    same value on every call), the reported ELBO stays rec - KL; the schedule's weight is 0 then and
+    counts its warm-up from the end of pretraining; in eval mode nothing changes."""
+    model = _vae(kl_schedule="linear", kl_warmup_steps=100, autoencoder_steps=40)
+    batch = _random_batch(torch.Generator().manual_seed(3), 6)
+    model.train_step = 39
+    assert model.kl_weight_now == 0.0 and model.pretraining
+    a, b = model.loss(batch), model.loss(batch)
+    torch.testing.assert_close(a.loss, b.loss)  # deterministic: z is the posterior mean
+    mu, _ = model._posterior_params(batch)
+    torch.testing.assert_close(a.loss, -model.decoder.log_prob(batch, mu).mean())
+    torch.testing.assert_close(a.elbo, a.reconstruction - a.kl)
+    model.train_step = 40 + 25
+    assert not model.pretraining and model.kl_weight_now == pytest.approx(0.25)
+    torch.manual_seed(1)
+    out = model.loss(batch)
+    torch.testing.assert_close(out.loss, -(out.reconstruction - 0.25 * out.kl).mean())
+    model.train_step = 0
+    model.eval()
+    assert not model.pretraining
+
+
 # ------------------------------------------------------------------------------------------ free bits
 def test_free_bits_clamp_the_batch_mean_kl_of_each_dimension():
     """sum_j max(lambda, mean_b KL_j) against torch's Normal-Normal KL per dimension (an independent
@@ -259,7 +282,10 @@ def test_both_families_train_and_report_nll_and_perplexity_through_the_pipeline(
     result = evaluate_run(run, CPU)
     counted = result["counted"].split()  # "26 tokens (words and <eos>) in 4 examples"
     tokens, n = int(counted[0]), int(counted[-2])
-    nll = -result["log_px"] if family == "sentence_vae" else -result["elbo"]  # IS estimate / exact
+    nll = -result["log_px"]  # the VAE's IS estimate; the LM's exact log-likelihood
+    if family == "lstm_lm":
+        assert result["method"] == "exact" and result["log_px"] == pytest.approx(result["elbo"], rel=1e-9)
+        assert "upper bound" not in result["units"]  # the LM's NLL is exact, not a bound
     assert result["nats_per_sequence"] == pytest.approx(nll, rel=1e-6)
     uniform = tokens * math.log(9 + 4) / n  # the file's 9 words and 4 specials, equally likely
     assert result["nats_per_sequence"] < 0.5 * uniform

@@ -174,9 +174,12 @@ class EvalConfig:
         distributions instead of importance sampling (``vaelab.evaluation.ais``). A model without an
         encoder (``mcem``) is always evaluated by AIS, with 500 distributions when this is 0.
     ais_chains, ais_leapfrog: AIS chains per example and leapfrog steps per HMC transition.
+    is_nested: smaller sample counts K' < is_samples also reported, each from the first K' of the same
+        samples (one pass), to show whether the estimate has converged in K, e.g. [50, 100] with 200.
     """
 
     is_samples: int = 1000
+    is_nested: list[int] = field(default_factory=list)
     batch_size: int = 100
     max_examples: int = 0
     n_samples: int = 64
@@ -188,6 +191,9 @@ class EvalConfig:
     def validate(self, prefix: str) -> None:
         if self.is_samples < 1:
             raise VaelabError(f"{prefix}.is_samples must be >= 1, got {self.is_samples}")
+        if any(not isinstance(m, int) or not 1 <= m < self.is_samples for m in self.is_nested):
+            raise VaelabError(f"{prefix}.is_nested must hold sample counts between 1 and is_samples - 1 "
+                              f"({self.is_samples - 1}), got {self.is_nested}")
         if self.ais_steps < 0 or self.ais_chains < 1 or self.ais_leapfrog < 1:
             raise VaelabError(f"{prefix}.ais_steps must be >= 0 (0: importance sampling), "
                               f"{prefix}.ais_chains and {prefix}.ais_leapfrog >= 1; got {self.ais_steps}, "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import singledispatch
@@ -32,6 +33,8 @@ from vaelab.config import RunConfig, config_from_dict, dump_json
 from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.evaluation.ais import AISSettings
+from vaelab.evaluation.likelihood import LogLikelihoodEstimate
+from vaelab.evaluation.paired import PER_EXAMPLE_FILE
 from vaelab.models import Model, build_model
 from vaelab.models.base import (
     DiscreteCodeModel,
@@ -440,26 +443,43 @@ def evaluate_run(
         result.update(ll.as_dict())
     elif isinstance(model, LatentVariableModel):
         ll = importance_sampled_log_likelihood(
-            model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress)
+            model, batches.epoch(0), cfg.eval.is_samples, progress=bool(progress),
+            nested=tuple(cfg.eval.is_nested),
         )
         result.update(ll.as_dict())
     # the likelihood in the units of the data kind (bits/dim, perplexity per token, ...): from the
     # importance-sampled (or AIS) log p(x) where there is one, else from the loss's per-example -ELBO
-    fitted = None
+    fitted = per_example = None
     if isinstance(model, GenerativeLatentModel):
         counts = torch.cat([example_counts(b) for b in batches.epoch(0)])
+        per_example = (-ll.log_px, counts, "estimate")
         fitted = units(prep.spec.kind, -ll.log_px, counts)
     elif "elbo" in terms:
-        fitted = units(prep.spec.kind, *negative_elbo_per_example(model, batches.epoch(0)), bound=True)
+        nats, counts = negative_elbo_per_example(model, batches.epoch(0))
+        exact = model.exact_likelihood
+        per_example = (nats, counts, "exact" if exact else "bound")
+        fitted = units(prep.spec.kind, nats, counts, bound=not exact)
+        if exact:
+            result["log_px"] = -nats.double().mean().item()
+            result["log_px_stderr"] = LogLikelihoodEstimate(-nats).stderr
+            result["n_examples"] = nats.numel()
+            result["method"] = "exact"
     if fitted is not None:
         result.update(fitted.as_dict())
         result["units"] = fitted.describe()
+    if per_example is not None:  # for paired comparisons between runs (vaelab compare)
+        nats, counts, kind = per_example
+        write_per_example(run_dir, nats, counts, kind=kind, split=split)
     if isinstance(model, LatentVariableModel):
-        from vaelab.evaluation import posterior_means
+        from vaelab.evaluation import mutual_information, posterior_means, posterior_parameters
 
         codes = posterior_means(model, batches.epoch(0))
         result["active_units"], _ = active_units(codes)
         result["latent_dim"] = codes.shape[1]
+        params = posterior_parameters(model, batches.epoch(0))
+        if params is not None:
+            gen = torch.Generator().manual_seed(cfg.eval.seed)
+            result["mutual_information"] = mutual_information(*params, generator=gen)
     result["seconds"] = time.perf_counter() - t0
     if prep.spec.kind == "images":  # for tokens the spec's shape is the longest sentence, no dimension
         result["n_dims"] = prep.spec.n_dims
@@ -476,6 +496,18 @@ def evaluate_run(
 
 
 _REPORT_EXAMPLES = 5000  # held-out examples a model's report sections see at most
+
+def write_per_example(run_dir: Path, nats: Tensor, counts: Tensor, *, kind: str, split: str) -> Path:
+    """Per-example negative log-likelihoods (nats) and unit counts (tokens, dims) of the last
+    evaluation, in evaluation order, to ``eval_examples.npz`` (atomically). ``kind`` says what the
+    figure is: "estimate" (IS/AIS of -log p(x)), "bound" (a negative ELBO) or "exact" (a model whose
+    loss is its exact -log p(x), e.g. a language model)."""
+    tmp = run_dir / (".tmp." + PER_EXAMPLE_FILE)
+    with open(tmp, "wb") as f:
+        np.savez(f, nll=nats.double().cpu().numpy(), count=counts.double().cpu().numpy(),
+                 kind=np.array(kind), split=np.array(split))
+    os.replace(tmp, run_dir / PER_EXAMPLE_FILE)
+    return run_dir / PER_EXAMPLE_FILE
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -570,12 +602,20 @@ def format_eval(result: dict) -> str:
             f"{result['log_px_chain_stderr']:.2f}, {result['n_examples']} {result['split']} examples, "
             f"acceptance {result['ais_accept_rate']:.2f})"
         )
+    elif result.get("method") == "exact":
+        lines.append(f"log p(x)     {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  (exact, "
+                     f"{result['n_examples']} {result['split']} examples)")
     elif "log_px" in result:
         lines.append(
             f"IS log p(x)  {result['log_px']:.2f} ± {result['log_px_stderr']:.2f} nats  "
             f"(K={result['is_samples']}, {result['n_examples']} {result['split']} examples, "
             f"ESS mean {result['ess_mean']:.0f})"
         )
+        nested = sorted((k2 for k2 in result if re.fullmatch(r"log_px_k\d+", k2)), key=lambda k2: int(k2[8:]))
+        for key in nested:
+            m = key[len("log_px_k"):]
+            lines.append(f"  at K={m:<6} {result[key]:.2f} ± {result[key + '_stderr']:.2f} nats "
+                         f"(the first {m} of the same samples)")
         if result.get("is_warning"):
             lines.append(f"warning: {result['is_warning']}")
     if "units" in result:
@@ -587,7 +627,11 @@ def format_eval(result: dict) -> str:
     if "reconstruction" in result:
         lines.append(f"E_q log p(x|z) {result['reconstruction']:.2f} nats")
     if "active_units" in result:
-        lines.append(f"active units {result['active_units']} / {result['latent_dim']}")
+        lines.append(f"active units {result['active_units']} / {result['latent_dim']}  "
+                     "(variance over the data of E_q[z_u|x] > 0.01)")
+    if "mutual_information" in result:
+        lines.append(f"I(x; z)      {result['mutual_information']:.2f} nats  "
+                     "(aggregate posterior, He et al. 2019)")
     if "weights" in result:
         lines.append(f"weights      {result['weights']}, step {result.get('step')}")
     if not math.isnan(result.get("seconds", float("nan"))):

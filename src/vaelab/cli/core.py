@@ -212,6 +212,28 @@ def eval_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", help="an evaluated run folder (vaelab eval writes its eval_examples.npz)")
+    p.add_argument("run_b", help="another run evaluated on the same examples")
+
+
+@command("compare", "paired per-example comparison of two evaluated runs: mean NLL difference ± s.e.",
+         _compare_args)
+def compare_cmd(args: argparse.Namespace) -> int:
+    from vaelab.evaluation.paired import paired_difference, read_per_example
+
+    a, b = read_per_example(args.run_a), read_per_example(args.run_b)
+    d = paired_difference(a, b)
+    tokens = a.count.sum()
+    print(f"{d.n} {a.split} examples ({tokens:.0f} units); negative log-likelihood per example, nats:")
+    for name, mean, kind in ((args.run_a, d.mean_a, a.kind), (args.run_b, d.mean_b, b.kind)):
+        print(f"  {name}: {mean:.3f}  ({kind})")
+    better = args.run_a if d.diff < 0 else args.run_b
+    print(f"  A - B: {d.diff:+.3f} ± {d.stderr:.3f} (paired s.e.), {abs(d.z):.1f} s.e.: "
+          f"{better} is lower" + ("" if abs(d.z) > 2 else " (within 2 s.e.: not a clear difference)"))
+    return 0
+
+
 def _sample_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("-n", type=int, default=64, help="number of samples")

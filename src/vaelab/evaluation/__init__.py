@@ -1,5 +1,11 @@
 from vaelab.evaluation.likelihood import LikelihoodResult, importance_sampled_log_likelihood
-from vaelab.evaluation.metrics import active_units, mean_loss_terms, posterior_means
+from vaelab.evaluation.metrics import (
+    active_units,
+    mean_loss_terms,
+    mutual_information,
+    posterior_means,
+    posterior_parameters,
+)
 
 __all__ = [
     "LikelihoodResult",
@@ -7,4 +13,6 @@ __all__ = [
     "active_units",
     "mean_loss_terms",
     "posterior_means",
+    "posterior_parameters",
+    "mutual_information",
 ]

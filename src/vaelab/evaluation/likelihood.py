@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -82,6 +82,7 @@ class LikelihoodResult(LogLikelihoodEstimate):
     k: int
     n_dims: int
     seconds: float = 0.0
+    nested: dict[int, Tensor] = field(default_factory=dict)  # {K' < K: log_px (N,) from K' samples}
 
     @property
     def bits_per_dim(self) -> float:
@@ -121,27 +122,41 @@ class LikelihoodResult(LogLikelihoodEstimate):
             "is_reliable": self.reliable,
             "is_warning": self.warning,
             "seconds": self.seconds,
+            **{key: value for m, v in sorted(self.nested.items())
+               for key, value in ((f"log_px_k{m}", v.double().mean().item()),
+                                  (f"log_px_k{m}_stderr", LogLikelihoodEstimate(v).stderr))},
         }
 
 
 @torch.no_grad()
 def streaming_log_likelihood(
-    log_weight_fn, x: Tensor | TokenBatch, k: int, chunk: int
-) -> tuple[Tensor, Tensor]:
+    log_weight_fn, x: Tensor | TokenBatch, k: int, chunk: int, nested: tuple[int, ...] = ()
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[int, Tensor]]:
     """log p(x) and ESS from ``log_weight_fn(x, s) -> (s, B)`` called in chunks of s <= chunk samples.
 
     x: a batch of B examples (a tensor (B, ...) or a :class:`~vaelab.tokens.TokenBatch`).
     Returns (log_px (B,), ess (B,)). Memory is that of one chunk.
+
+    ``nested``: smaller sample counts k' < k whose estimates (the log-mean-exp of the *first* k' of
+    the same k weights) are also returned, as a third value {k': log_px (B,)}: one pass gives the
+    estimates at K = 50, 100 and 200, to show whether the K = 200 figure has converged.
     """
+    marks = sorted({m for m in nested if 0 < m < k})
     lse = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
     lse2 = lse.clone()
+    at: dict[int, Tensor] = {}
     done = 0
     while done < k:
-        s = min(chunk, k - done)
+        nxt = next((m for m in marks if m > done), k)  # chunks end at each nested count
+        s = min(chunk, nxt - done)
         lw = log_weight_fn(x, s).double()  # (s, B)
         lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
         done += s
+        if done in marks:
+            at[done] = lse - math.log(done)
+    if nested:
+        return lse - math.log(k), torch.exp(2 * lse - lse2), at
     return lse - math.log(k), torch.exp(2 * lse - lse2)
 
 
@@ -153,6 +168,7 @@ def importance_sampled_log_likelihood(
     *,
     max_elements: int = 1 << 20,
     progress: bool = False,
+    nested: tuple[int, ...] = (),
 ) -> LikelihoodResult:
     """Estimate log p(x) for every example in ``batches`` with K importance samples each.
 
@@ -168,12 +184,17 @@ def importance_sampled_log_likelihood(
     matmuls stay efficient and the per-call overhead is small. ``b`` is kept small enough that
     ``s >= min(K, 128)``: the model encodes its ``b`` images once per call, so this keeps the
     encoder's share of the work below about 1%.
+
+    ``nested``: smaller K' < K also estimated from the first K' of the same samples
+    (:func:`streaming_log_likelihood`), in ``result.nested`` {K': log_px (N,)}.
     """
     model.eval()
     n_dims = model.spec.n_dims
     batches = list(batches)
     t0 = time.perf_counter()
     out_lp, out_ess = [], []
+    marks = tuple(sorted({m for m in nested if 0 < m < k}))
+    out_at: dict[int, list[Tensor]] = {m: [] for m in marks}
     iterator = batches
     if progress:
         from tqdm.auto import tqdm
@@ -185,7 +206,13 @@ def importance_sampled_log_likelihood(
         for xs in x.split(images):
             s = max(1, min(k, per_call // len(xs)))
             s = -(-k // -(-k // s))  # equal chunks: ceil(k / number of chunks)
-            lp, ess = streaming_log_likelihood(model.log_importance_weights, xs, k, s)
+            if marks:
+                lp, ess, at = streaming_log_likelihood(model.log_importance_weights, xs, k, s, marks)
+                for m in marks:
+                    out_at[m].append(at[m].cpu())
+            else:
+                lp, ess = streaming_log_likelihood(model.log_importance_weights, xs, k, s)
             out_lp.append(lp.cpu())
             out_ess.append(ess.cpu())
-    return LikelihoodResult(torch.cat(out_lp), torch.cat(out_ess), k, n_dims, time.perf_counter() - t0)
+    return LikelihoodResult(torch.cat(out_lp), torch.cat(out_ess), k, n_dims, time.perf_counter() - t0,
+                            {m: torch.cat(v) for m, v in out_at.items()})

@@ -138,6 +138,10 @@ class Model(nn.Module, ABC):
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     data_kinds: ClassVar[frozenset[str]] = frozenset()
+    exact_likelihood: ClassVar[bool] = False
+    """True when the per-example ``elbo`` of ``loss`` (in eval mode) is the exact log p(x), not a
+    bound (an autoregressive model such as the LSTM language model): evaluation then reports it as
+    the model's log-likelihood, without "upper bound" labels."""
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

@@ -122,6 +122,10 @@ class SentenceVAEConfig(LSTMDecoderConfig):
     kl_schedule: ``logistic`` or ``linear`` rise of the KL weight from 0 to 1 over
         ``kl_warmup_steps`` (``vaelab.schedules``), or ``none`` (weight 1 from the start).
     free_bits: lambda, nats per latent dimension (Kingma et al. 2016, eq. 15); 0 is off.
+    autoencoder_steps: pretrain as a plain autoencoder for this many first steps: z is the posterior
+        mean (no noise) and the loss is the reconstruction alone (no KL), so that the encoder learns
+        to carry information before the KL term pulls q(z|x) to the prior; the KL schedule starts
+        after them. 0 is off. (The reported ELBO is the true one throughout.)
     """
 
     name: str = "sentence_vae"
@@ -130,9 +134,13 @@ class SentenceVAEConfig(LSTMDecoderConfig):
     kl_schedule: Literal["logistic", "linear", "none"] = "logistic"
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
+    autoencoder_steps: int = 0
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
+        if self.autoencoder_steps < 0:
+            raise VaelabError(f"{prefix}.autoencoder_steps must be >= 0 (0 is off), "
+                              f"got {self.autoencoder_steps}")
         if self.latent_dim < 1:
             raise VaelabError(f"{prefix}.latent_dim must be a positive integer, got {self.latent_dim}")
         if self.kl_warmup_steps < 0:
@@ -430,6 +438,7 @@ class LSTMLanguageModel(_SentenceModel):
     exact log p(x) per sentence (nothing is bounded), so NLL and perplexity come out as for the VAE."""
 
     Config = LSTMLanguageModelConfig
+    exact_likelihood = True
 
     def __init__(self, config: LSTMLanguageModelConfig, spec: DataSpec):
         super().__init__(config, spec)
@@ -505,7 +514,16 @@ class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
 
     # ------------------------------------------------------------------ the objective
     def kl_weight_at(self, step: int) -> float:
-        return kl_weight(self.config.kl_schedule, step, self.config.kl_warmup_steps)
+        """0 during autoencoder pretraining, then the schedule counted from its end."""
+        pre = self.config.autoencoder_steps
+        if step < pre:
+            return 0.0
+        return kl_weight(self.config.kl_schedule, step - pre, self.config.kl_warmup_steps)
+
+    @property
+    def pretraining(self) -> bool:
+        """True in the autoencoder pretraining steps (training mode, step < ``autoencoder_steps``)."""
+        return self.training and self.train_step < self.config.autoencoder_steps
 
     def free_bits_kl(self, mu: Tensor, logvar: Tensor) -> Tensor:
         """The KL term trained with free bits: sum_j max(lambda, mean_b KL_j(b)), a scalar (Kingma et
@@ -517,10 +535,13 @@ class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
     def loss(self, batch: TokenBatch) -> LossOutput:
         """-ELBO per sentence, batch mean (with KL annealing and free bits while training)."""
         mu, logvar = self._posterior_params(batch)
+        kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # (B,), Kingma & Welling App. B
+        if self.pretraining:  # a plain autoencoder: z = mu, the loss is the reconstruction alone
+            rec = self.decoder.log_prob(batch, mu, self._word_dropout())
+            return LossOutput(loss=-rec.mean(), elbo=rec - kl, reconstruction=rec, kl=kl)
         std = torch.exp(0.5 * logvar)
         z = torch.addcmul(mu, std, torch.randn_like(mu))  # z = mu + sigma * eps (Kingma & Welling, eq. 4)
         rec = self.decoder.log_prob(batch, z, self._word_dropout())  # E_q[log p(x|z)], one sample (B,)
-        kl = DiagonalGaussianKL.to_standard_normal(mu, logvar)  # (B,), Kingma & Welling App. B
         elbo = rec - kl
         if self.training and (self.kl_weight_now != 1.0 or self.config.free_bits > 0):
             train_kl = self.free_bits_kl(mu, logvar) if self.config.free_bits > 0 else kl.mean()

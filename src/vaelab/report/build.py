@@ -139,6 +139,8 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
         method = "IS"
         if ev.get("method") == "ais":  # annealed importance sampling: T intermediate distributions
             method, k = "AIS", [f"T = {ev['ais_n_steps']}"]
+        elif ev.get("method") == "exact":  # a model whose loss is its exact likelihood (a language model)
+            method, k = "Exact", []
         for key, label, facts in (
             ("log_px", f"{method} log p(x)", ["nats", *split, *k]),
             ("elbo", "ELBO", ["nats", *split]),
@@ -150,6 +152,9 @@ def _summary(rows: list[dict[str, Any]], ev: dict[str, Any] | None, ev_note: str
         if "active_units" in ev:
             of = f" / {ev['latent_dim']}" if "latent_dim" in ev else ""
             table.append(("Active units", f"{ev['active_units']}{of}"))
+        if "mutual_information" in ev:
+            table.append(("Mutual information I(x; z) (nats, aggregate posterior)",
+                          format_value(ev["mutual_information"], "mutual_information")))
     last = rows[-1] if rows else {}
     if "step" in last:
         table.append(("Steps", format_value(last["step"])))

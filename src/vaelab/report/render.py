@@ -50,6 +50,7 @@ EVAL_LABELS = {
     "kl": "KL(q(z|x) ‖ p(z)) (nats)",
     "reconstruction": "Reconstruction E_q log p(x|z) (nats)",
     "active_units": "Active units",
+    "mutual_information": "Mutual information I(x; z) (nats, aggregate posterior)",
     "latent_dim": "Latent size",
     "ess_mean": "Mean effective sample size",
     "ess_min": "Smallest effective sample size",
@@ -61,7 +62,7 @@ EVAL_LABELS = {
     "nll": "NLL (nats)",
     "perplexity": "Perplexity",
 }
-NATS_KEYS = frozenset({"log_px", "elbo", "iwae", "kl", "reconstruction", "nll"})
+NATS_KEYS = frozenset({"log_px", "elbo", "iwae", "kl", "reconstruction", "nll", "mutual_information"})
 
 
 def renderer(kind: str):

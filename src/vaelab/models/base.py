@@ -23,7 +23,7 @@ for attributes. Capability mixins are plain ABCs (not modules); a concrete famil
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -169,6 +169,18 @@ class Model(nn.Module, ABC):
         batch this many times, ``train.batching.RepeatedBatches``); 1 for most models, more for
         Monte Carlo EM (several weight updates per posterior sample)."""
         return 1
+
+    def validation_metrics(self, batches: Iterable) -> dict[str, float]:
+        """Quantities of the whole validation set beyond the loss terms' means, logged with every
+        validation (and so drawn in the report's curves). Called in eval mode without gradients.
+        The default: the active units of a :class:`LatentVariableModel` (Burda et al. 2016), since
+        a posterior collapsing unit by unit is what one watches while a VAE trains."""
+        if isinstance(self, LatentVariableModel):
+            from vaelab.evaluation.metrics import active_units
+
+            codes = torch.cat([self.posterior_mean(x) for x in batches])
+            return {"active_units": float(active_units(codes)[0])}
+        return {}
 
     def forward(self, batch: Any) -> LossOutput:
         # forward is the loss so that DistributedDataParallel's hooks see the computation.

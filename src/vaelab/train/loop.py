@@ -432,7 +432,17 @@ class Trainer:
         vec = torch.stack([sums[k].float().to(device) for k in keys] + [count_t])
         if self.distributed:
             dist.all_reduce(vec)
-        return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
+        metrics = {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
+        extra = getattr(self.model, "validation_metrics", None)  # vaelab.models.Model declares it
+        if extra is not None and not self.distributed:  # whole-set figures need all the data
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    metrics.update(extra(batches.epoch(0)))
+            finally:
+                self.model.train(was_training)
+        return metrics
 
     def _validate(self) -> None:
         if self.average is None:

@@ -80,6 +80,28 @@ def test_reconstruct(text_run, capsys):
     assert run(capsys, "reconstruct", str(text_run), "i went to the kitchen .", "--seed", "4")[1] == out
 
 
+def test_several_sentences_and_save_into_the_report(text_run, capsys):
+    """reconstruct takes several sentences (blocks separated by a blank line); --save writes the
+    printed results as the run's text sections (replaced by a later --save) into report.html."""
+    from vaelab import sections
+
+    code, out, _ = run(capsys, "reconstruct", str(text_run), "i went to the kitchen .", "how are you doing ?",
+                       "--samples", "1", "--save")
+    blocks = out.split("\n\n")
+    assert code == 0 and len(blocks) == 2 and blocks[1].startswith("input:  how are you doing ?")
+    assert run(capsys, "homotopy", str(text_run), "i went to the kitchen .", "how are you doing ?",
+               "--steps", "3", "--save")[0] == 0
+    by_name = {s.name: s for s in sections.read_sections(text_run)}
+    rec, hom = by_name["text_reconstruct"], by_name["text_homotopy"]
+    assert rec.labels == ["input", "mean", "sample"] * 2 and rec.texts[0] == "i went to the kitchen ."
+    assert hom.labels == ["0.00", "0.50", "1.00"] and "Table 8" in hom.title
+    html = (text_run / "report.html").read_text(encoding="utf-8")
+    assert "Table 7" in html and "Table 8" in html and "how are you doing ?" in html
+    run(capsys, "reconstruct", str(text_run), "i went to the kitchen .", "--samples", "2", "--save")
+    rec = {s.name: s for s in sections.read_sections(text_run)}["text_reconstruct"]
+    assert rec.labels == ["input", "mean", "sample", "sample"]  # replaced, not appended
+
+
 def test_sample_homotopy_impute_are_seeded(text_run, capsys):
     for argv in (["sample", str(text_run), "-n", "5", "--temperature", "0.7"],
                  ["sample", str(text_run), "-n", "3", "--greedy"],

@@ -117,3 +117,9 @@ def test_two_text_runs_are_compared_example_by_example(tmp_path, capsys):
     assert f"A - B: {a.nll.mean() - b.nll.mean():+.3f}" in out and "paired s.e." in out
     assert main(["compare", str(runs["lstm_lm"]), str(tmp_path)]) == 2
     assert "run `vaelab eval" in capsys.readouterr().err
+    # from the command line: nested counts must lie below K; the config's are kept when they fit
+    assert main(["eval", str(runs["sentence_vae"]), "--is-samples", "6", "--is-nested", "6"]) == 2
+    assert "each must be between 1 and 5" in capsys.readouterr().err
+    assert main(["eval", str(runs["sentence_vae"]), "--is-samples", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "at K=2 " in out and "at K=4" not in out

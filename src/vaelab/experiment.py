@@ -399,10 +399,12 @@ def evaluate_run(
     which: str = "best",
     seed: int | None = None,
     ais: AISSettings | None = None,
+    nested: list[int] | None = None,
 ) -> dict:
     """Test ELBO, IS log p(x) +- s.e., bits/dim, KL, active units -> eval.json; the model's report
     sections and the evaluation -> sections.json. ``k``, ``max_examples`` and ``seed`` replace the
-    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given.
+    run's ``eval.is_samples``, ``eval.max_examples`` and ``eval.seed`` when given, ``nested`` its
+    ``eval.is_nested``.
 
     ``ais``: estimate log p(x) by annealed importance sampling with these settings instead of IS
     (default: the run's ``eval.ais_*`` settings when ``eval.ais_steps`` > 0); a model with a prior and
@@ -420,6 +422,13 @@ def evaluate_run(
         cfg.eval.max_examples = max_examples
     if seed is not None:
         cfg.eval.seed = seed
+    if nested is not None:
+        if any(not 1 <= m < cfg.eval.is_samples for m in nested):
+            raise VaelabError(f"--is-nested {' '.join(map(str, nested))}: each must be between 1 and "
+                              f"{cfg.eval.is_samples - 1} (below K = {cfg.eval.is_samples})")
+        cfg.eval.is_nested = list(nested)
+    else:  # the config's nested counts that fit under a K given here
+        cfg.eval.is_nested = [m for m in cfg.eval.is_nested if m < cfg.eval.is_samples]
     prep = prepare(cfg, device)
     prep.model = model
     split, batches = ("test", prep.test) if prep.test is not None else ("valid", prep.valid)

@@ -166,6 +166,9 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--is-samples", type=int, default=None, help="importance samples K per example")
+    p.add_argument("--is-nested", type=int, nargs="+", default=None, metavar="K",
+                   help="also report the IS estimates from the first K of the same samples, e.g. 50 100 "
+                        "(each below --is-samples; as eval.is_nested)")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N test examples")
     p.add_argument("--ais", type=int, default=None, metavar="N",
                    help="estimate log p(x) by annealed importance sampling with N intermediate distributions "
@@ -206,6 +209,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         which=args.checkpoint,
         seed=args.seed,
         ais=ais,
+        nested=args.is_nested,
     )
     print(format_eval(result))
     print(f"saved {Path(args.run) / 'eval.json'}; report: {_build_report(Path(args.run))}")

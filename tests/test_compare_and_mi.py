@@ -79,7 +79,8 @@ def test_paired_difference_and_its_standard_error():
     assert d.stderr == pytest.approx((a - b).std(ddof=1) / math.sqrt(500))
     assert d.z < -20  # the unpaired s.e. (about 0.2 nats here) would hide what pairing shows
     with pytest.raises(VaelabError, match="different examples"):
-        paired_difference(PerExample(a, count, "exact", "test"), PerExample(b[:-1], count[:-1], "exact", "test"))
+        paired_difference(PerExample(a, count, "exact", "test"),
+                          PerExample(b[:-1], count[:-1], "exact", "test"))
     with pytest.raises(VaelabError, match="different splits"):
         paired_difference(PerExample(a, count, "exact", "test"), PerExample(b, count, "exact", "valid"))
 

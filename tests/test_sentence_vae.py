@@ -301,7 +301,8 @@ def test_both_families_train_and_report_nll_and_perplexity_through_the_pipeline(
     # every validation logs the VAE's active units (a curve in the report); the LM has no latents
     import json
 
-    valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
+    rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    valid = [r for r in rows if r["split"] == "valid"]
     assert valid and all(("active_units" in r) == (family == "sentence_vae") for r in valid)
     if family == "sentence_vae":
         assert all(0 <= r["active_units"] <= 2 for r in valid)

@@ -138,6 +138,7 @@ def test_ema_update_matches_the_hand_computed_step_and_eval_changes_nothing():
 def test_eval_mode_changes_no_state(cls):
     torch.manual_seed(3)
     q = cls(num_codes=8, dim=2, kmeans_iters=2, restart_after=1).double().eval()
+    q.idle_steps.fill_(5)  # every code due for a restart, and no k-means yet: neither happens in eval
     before = _state(q)
     for _ in range(3):
         q(torch.randn(4, 2, 3, dtype=torch.float64))
@@ -195,6 +196,10 @@ def test_kmeans_initialisation_runs_once_survives_resume_and_beats_random_init()
     assert q.initialized
     assert error(q) < 0.05 < 10 * error(q) < error(random_init)  # noise variance 2 * 0.1^2 = 0.02
     init = q.codebook.detach().clone()
+    # Lloyd's fixed point: every code is the mean of its cluster's rows (not merely a seed row)
+    truth = nearest_code(x, centres)
+    means = torch.stack([x[truth == k].mean(0) for k in range(4)])
+    assert torch.allclose(init[nearest_code(means, init)], means, rtol=0, atol=1e-12)
 
     # a later training batch (shifted clusters) does not initialise again
     q.train()(z_e + 3.0)

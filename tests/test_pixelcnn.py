@@ -138,6 +138,26 @@ def test_sample_returns_valid_codes():
         net.sample(1, (2, 2), labels=torch.tensor([0]), temperature=0.0)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_samples_follow_the_model_distribution(temperature):
+    # 2 x 2 maps, K = 3: the frequencies of the 81 maps match prod_i softmax(logits_i / T)[c_i]
+    net = _net(n_codes=3, channels=6, layers=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3)  # sharper conditionals than at initialisation, so order mistakes show
+    maps = torch.tensor(list(itertools.product(range(3), repeat=4))).reshape(-1, 2, 2)
+    logp = torch.log_softmax(net(maps) / temperature, dim=1).gather(1, maps[:, None]).flatten(1).sum(1)
+    torch.manual_seed(11)
+    n = 20_000
+    out = net.sample(n, (2, 2), temperature=temperature)
+    index = (out.flatten(1) * torch.tensor([27, 9, 3, 1])).sum(1)  # the row of `maps` each sample is
+    freq = torch.bincount(index, minlength=81).to(DT) / n
+    probs = logp.exp()
+    assert abs(probs.sum().item() - 1) < 1e-12
+    sd = (probs * (1 - probs) / n).sqrt()
+    assert ((freq - probs).abs() <= 5 * sd + 2e-4).all()
+
+
 def _train(net, batches, steps, lr=2e-2):
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):

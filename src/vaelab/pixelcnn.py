@@ -99,9 +99,9 @@ class GatedPixelCNN(nn.Module):
     Args:
         n_codes: K, the number of code values.
         channels: C, the width of both stacks.
-        layers: number of gated layers (the first is mask A). The receptive field of a position
-            reaches ``layers * (kernel // 2)`` columns to either side in the rows above, and as
-            many rows up; a map larger than that is covered only partly.
+        layers: number of gated layers (the first is mask A). With r = layers * (kernel // 2), a
+            position sees r positions to its left in its own row and, in the r + 1 rows above it,
+            r columns to either side; a map larger than that is covered only partly.
         n_classes: number of class labels for conditioning (0: unconditional).
         kernel: odd size k of the masked k x k convolutions.
     """

@@ -46,7 +46,7 @@ def test_the_256_bins_sum_to_one():
 
 
 def test_matches_the_logistic_cdf_in_60_digit_arithmetic():
-    mpmath = pytest.importorskip("mpmath")
+    import mpmath  # installed with torch (through sympy)
     loc, log_scale = _grid()
     logp = DiscretizedLogistic(loc, log_scale).log_prob(LEVELS[:, None])
     with mpmath.workdps(60):  # a local precision, the global context untouched

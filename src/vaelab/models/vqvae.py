@@ -89,8 +89,8 @@ __all__ = [
 class VQVAEConfig(ModelConfig):
     """Settings of the image VQ-VAE (module docstring for the architecture).
 
-    hidden: channels of the encoder's and decoder's convolutions (the first stride-2 convolution
-        and the last transposed one have hidden // 2 when downsample > 1, as in Sonnet's example).
+    hidden: channels of the encoder's and decoder's convolutions; every stride-2 convolution but the
+        innermost (and its transposed mirror) has hidden // 2, as the first of two in Sonnet's example.
     res_blocks / res_channels: residual blocks in each stack, and the width of their 3x3 convolution.
     downsample: stride-2 convolutions; codes are (H / 2^downsample, W / 2^downsample).
     codebook_size: K. code_dim: D.
@@ -135,11 +135,11 @@ class VQVAEConfig(ModelConfig):
             raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0.99 in the paper), "
                               f"got {self.ema_decay}")
         if self.quantizer not in QUANTIZERS:
-            raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(QUANTIZERS)}; "
+            raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(map(repr, QUANTIZERS))}; "
                               f"got {self.quantizer!r}")
         if self.likelihood not in PIXEL_LIKELIHOODS:
-            raise VaelabError(f"{prefix}.likelihood must be one of {', '.join(PIXEL_LIKELIHOODS)}; "
-                              f"got {self.likelihood!r}")
+            names = ", ".join(map(repr, PIXEL_LIKELIHOODS))
+            raise VaelabError(f"{prefix}.likelihood must be one of {names}; got {self.likelihood!r}")
 
 
 # ----------------------------------------------------------------------------- likelihoods
@@ -228,6 +228,7 @@ PIXEL_LIKELIHOODS: dict[str, type[PixelLikelihood]] = {
 }
 """``model.likelihood`` -> its class, built with the number of channels."""
 
+
 def _codebook(cfg: VQVAEConfig) -> dict:
     return dict(num_codes=cfg.codebook_size, dim=cfg.code_dim, beta=cfg.beta, kmeans_iters=cfg.kmeans_iters,
                 restart_after=cfg.restart_after)
@@ -250,12 +251,10 @@ def encoder(channels: int, cfg: VQVAEConfig) -> nn.Sequential:
     """x (B, channels, H, W), H and W multiples of 2^downsample -> z_e (B, D, H / 2^d, W / 2^d)."""
     layers: list[nn.Module] = []
     c = channels
-    for i, w in enumerate(_widths(cfg)):
-        layers.append(nn.Conv2d(c, w, 4, stride=2, padding=1))
-        if i < cfg.downsample - 1:
-            layers.append(nn.ReLU())
+    for w in _widths(cfg):
+        layers += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.ReLU()]
         c = w
-    layers += [nn.ReLU(), nn.Conv2d(c, cfg.hidden, 3, padding=1),
+    layers += [nn.Conv2d(c, cfg.hidden, 3, padding=1),
                ResidualStack(cfg.hidden, cfg.res_channels, cfg.res_blocks),
                nn.Conv2d(cfg.hidden, cfg.code_dim, 1)]
     return nn.Sequential(*layers)

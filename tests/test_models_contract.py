@@ -21,6 +21,7 @@ from vaelab.models.base import (
 from vaelab.models.mcem import MCEMConfig
 from vaelab.models.sentence_vae import LSTMLanguageModelConfig, SentenceVAEConfig
 from vaelab.models.vae import VAEConfig
+from vaelab.models.vqvae import VQVAEConfig
 from vaelab.models.wake_sleep import WakeSleepConfig
 from vaelab.spec import KINDS, DataSpec
 from vaelab.tokens import Sequences, TokenBatch
@@ -99,6 +100,15 @@ CASES = {
         (LSTMLanguageModelConfig(embedding_dim=6, hidden_size=8, word_dropout=0.25), _TEXT, _sentences),
         (LSTMLanguageModelConfig(embedding_dim=8, hidden_size=8, layers=2, tie_embeddings=True), _TEXT,
          _sentences),
+    ],
+    "vqvae": [
+        # EMA codebook, Bernoulli pixels; 6x5 is padded to 6x6 (3x3 codes) and the output cropped
+        (VQVAEConfig(hidden=8, res_blocks=1, res_channels=4, downsample=1, codebook_size=8, code_dim=3),
+         DataSpec((1, 6, 5), "binary"), _binary((1, 6, 5))),
+        # codebook by gradient, k-means initialisation and restarts, Gaussian pixels with learned variances
+        (VQVAEConfig(hidden=8, res_blocks=2, res_channels=4, downsample=2, codebook_size=6, code_dim=2,
+                     quantizer="vq", kmeans_iters=2, restart_after=1, likelihood="gaussian"),
+         DataSpec((3, 8, 8), "continuous"), _grey((3, 8, 8))),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),

@@ -9,7 +9,7 @@ from torch import nn
 
 from vaelab.errors import VaelabError
 
-__all__ = ["ACTIVATIONS", "activation", "MLP", "normal_init_"]
+__all__ = ["ACTIVATIONS", "activation", "MLP", "ResidualStack", "normal_init_"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -47,6 +47,28 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Sequential's, typed
         return super().forward(x)
+
+
+class ResidualStack(nn.Module):
+    """``blocks`` residual blocks x <- x + conv1x1(relu(conv3x3(relu(x)))), then a ReLU (the VQ-VAE's
+    encoder and decoder stacks, van den Oord et al. 2017, Section 4.1: "ReLU, 3x3 conv, ReLU, 1x1
+    conv").
+
+    x (B, channels, H, W) -> (B, channels, H, W); ``hidden`` is the width of the 3x3 convolution.
+    """
+
+    def __init__(self, channels: int, hidden: int, blocks: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(hidden, channels, 1))
+            for _ in range(blocks)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return torch.relu(x)
 
 
 @torch.no_grad()

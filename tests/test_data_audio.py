@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.io import wavfile
+from torch import nn
 
 from vaelab.config import DataConfig, RunConfig
 from vaelab.data import WaveformBundle, load_dataset
 from vaelab.data.audio import read_wav, resample
 from vaelab.errors import VaelabError
 from vaelab.evaluation.units import example_counts
+from vaelab.models.base import LossOutput, Model, ModelConfig
 from vaelab.train.waveforms import WaveformBatches
 from vaelab.waves import WaveBatch, Waveforms
 
@@ -352,3 +354,56 @@ def test_experiment_batches_waveforms_with_crops_for_training(tmp_path):
     assert [batch.audio.shape[1] for batch in test] == [len(bundle.test[0])]
     ordered = ordered_batches(bundle, "train", 4, torch.device("cpu"))
     assert sum(len(batch) for batch in ordered.epoch(0)) == len(bundle.train)
+
+
+# ----------------------------------------------------------------------------- through the run pipeline
+
+
+class _ScaleConfig(ModelConfig):
+    pass
+
+
+class GaussianSamples(Model):
+    """p(x) = prod_t N(x_t; 0, sigma^2) over the real samples (mask): exact log p(x), one parameter."""
+
+    Config = _ScaleConfig
+    data_kinds = frozenset({"waveforms"})
+
+    def __init__(self, config, spec):
+        super().__init__(config, spec)
+        self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    def loss(self, batch: WaveBatch) -> LossOutput:
+        lp = torch.distributions.Normal(0.0, self.log_sigma.exp()).log_prob(batch.audio)
+        lp = (lp * batch.mask).sum(-1)  # padding is no evidence
+        return LossOutput(loss=-lp.mean(), elbo=lp)
+
+    def report_sections(self, inputs):
+        return []
+
+
+def test_train_run_fits_a_waveform_model_on_crops_and_scores_whole_clips(tmp_path, monkeypatch):
+    from vaelab.config import config_from_dict
+    from vaelab.experiment import evaluate_run, train_run
+    from vaelab.models import MODELS
+
+    GaussianSamples.name = "test_gaussian_samples"
+    monkeypatch.setitem(MODELS, "test_gaussian_samples", GaussianSamples)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "noise"
+    data.mkdir()
+    for i in range(24):  # white noise of standard deviation 0.1, 40-300 samples a clip
+        noise = (0.1 * rng.standard_normal(40 + 11 * i)).astype(np.float32)
+        wavfile.write(data / f"{i:02d}.wav", 8000, noise)
+    cfg = config_from_dict({
+        "model": {"name": "test_gaussian_samples"},
+        "data": {"name": f"wav:{data}", "crop": 64, "valid_size": 2},
+        "train": {"epochs": 60, "batch_size": 8, "lr": 0.05}, "eval": {"batch_size": 5},
+    })
+    run = tmp_path / "run"
+    _, prep = train_run(cfg, run, device=torch.device("cpu"), progress=False)
+    # the maximum-likelihood sigma of the padded crops would be far below 0.1: padding must be masked
+    assert float(prep.model.log_sigma.detach().exp()) == pytest.approx(0.1, rel=0.1)
+    result = evaluate_run(run, torch.device("cpu"))
+    # bits per sample of N(0, 0.1^2) data: the differential entropy 0.5 log2(2 pi e 0.01), about -1.27
+    assert result["bits_per_sample"] == pytest.approx(0.5 * np.log2(2 * np.pi * np.e * 0.01), abs=0.15)

@@ -50,7 +50,8 @@ class DataConfig:
 
     name: a registered dataset (``vaelab data list``), ``folder:PATH`` (a folder of images),
         ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)) or
-        ``text:PATH`` (sentences, one per line: a folder with train/valid/test .txt, or one file).
+        ``text:PATH`` (sentences, one per line: a folder with train/valid/test .txt, or one file) or
+        ``wav:PATH`` (a folder of .wav files, with labels from its ``labels.csv`` if any).
     binarize: ``dynamic`` draws x ~ Bernoulli(pixel) afresh for every batch; ``fixed`` draws once
         with ``split_seed``; ``threshold`` rounds at 0.5; ``none`` keeps grey levels in [0, 1].
     valid_size: held-out part of the training set for validation: a fraction (< 1) or a count,
@@ -61,6 +62,12 @@ class DataConfig:
     max_vocab: text: keep at most this many words, the most frequent, besides ``<pad>``, ``<unk>``,
         ``<bos>`` and ``<eos>`` (0: every word); the others become ``<unk>``.
     min_count: text: words seen fewer times in the training split become ``<unk>``.
+    sample_rate: waveforms: the rate in Hz every clip is resampled to (default 8000, the rate of
+        the Free Spoken Digit Dataset; ``wav:`` files at other rates are resampled to it).
+    max_seconds: waveforms: clips longer than this keep their first ``max_seconds`` (0: no limit).
+    crop: waveforms: training batches are random crops of this many samples (default 4096, 0.51 s
+        at 8 kHz, a power of two so strided encoders divide it evenly; shorter clips are
+        zero-padded, with a mask); evaluation batches hold whole clips, padded likewise.
     """
 
     name: str = "digits"
@@ -72,6 +79,9 @@ class DataConfig:
     limit: int = 0
     max_vocab: int = 0
     min_count: int = 1
+    sample_rate: int = 8000
+    max_seconds: float = 0.0
+    crop: int = 4096
 
     def validate(self, prefix: str) -> None:
         if self.valid_size < 0:
@@ -91,6 +101,12 @@ class DataConfig:
                 f"{prefix}.max_vocab must be >= 0 and {prefix}.min_count >= 1, "
                 f"got {self.max_vocab} and {self.min_count}"
             )
+        if self.sample_rate < 1 or self.crop < 1:
+            raise VaelabError(f"{prefix}.sample_rate and {prefix}.crop must be >= 1, "
+                              f"got {self.sample_rate} and {self.crop}")
+        if not self.max_seconds >= 0 or (self.max_seconds and self.max_seconds * self.sample_rate < 1):
+            raise VaelabError(f"{prefix}.max_seconds must be 0 (no limit) or hold at least one sample, "
+                              f"got {self.max_seconds}")
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from vaelab.config import RunConfig, config_from_dict, dump_json
-from vaelab.data import Bundle, DataBundle, SequenceBundle, load_dataset
+from vaelab.data import Bundle, DataBundle, SequenceBundle, WaveformBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.evaluation.ais import AISSettings
 from vaelab.evaluation.likelihood import LogLikelihoodEstimate
@@ -58,6 +58,7 @@ from vaelab.train.batching import RepeatedBatches, TensorBatches, dynamic_binari
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
 from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
+from vaelab.train.waveforms import WaveformBatches
 from vaelab.tuning import LrSearch, read_lr_search, search_learning_rate, write_lr_search
 
 __all__ = [
@@ -88,7 +89,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
-Batches = TensorBatches | SequenceBatches | RepeatedBatches
+Batches = TensorBatches | SequenceBatches | WaveformBatches | RepeatedBatches
 """What the trainer and the evaluation iterate: ``epoch(e, start)`` and ``len``."""
 
 
@@ -194,6 +195,30 @@ def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.devi
     return SplitBatches(train, valid, test)
 
 
+@split_batches.register
+def _waveform_batches(bundle: WaveformBundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
+                      ) -> SplitBatches:
+    # training sees random crops of data.crop samples; validation and test score whole clips
+    ebs = cfg.eval.batch_size
+    train = WaveformBatches(bundle.train, cfg.train.batch_size, crop=cfg.data.crop, shuffle=True,
+                            seed=cfg.train.seed, device=device, rank=rank, world=world)
+    valid = (
+        WaveformBatches(bundle.valid, ebs, shuffle=False, device=device, rank=rank, world=world)
+        if bundle.valid is not None and len(bundle.valid) >= world
+        else None
+    )
+    test_clips, test_labels = bundle.split("test")
+    if test_clips is not None and cfg.eval.max_examples and cfg.eval.max_examples < len(test_clips):
+        test_clips = test_clips.subset(torch.arange(cfg.eval.max_examples))
+        test_labels = test_labels[: cfg.eval.max_examples] if test_labels is not None else None
+    test = (
+        WaveformBatches(test_clips, ebs, shuffle=False, device=device)
+        if test_clips is not None and len(test_clips)
+        else None
+    )
+    return SplitBatches(train, valid, test, bundle.split("valid")[1], test_labels)
+
+
 @singledispatch
 def ordered_batches(bundle: Bundle, split: str, batch_size: int, device: torch.device) -> Batches | None:
     """Every example of ``split`` in the dataset's order, as the model is evaluated on it (None when
@@ -218,6 +243,15 @@ def _ordered_sequences(bundle: SequenceBundle, split: str, batch_size: int, devi
         return None
     return SequenceBatches(seqs, batch_size, pad_id=bundle.pad_id, shuffle=False, bucket_batches=0,
                            device=device)
+
+
+@ordered_batches.register
+def _ordered_waveforms(bundle: WaveformBundle, split: str, batch_size: int, device: torch.device
+                       ) -> WaveformBatches | None:
+    clips, _ = bundle.split(split)
+    if clips is None or not len(clips):
+        return None
+    return WaveformBatches(clips, batch_size, shuffle=False, device=device)
 
 
 def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
@@ -588,7 +622,10 @@ def encode_run(
     if got.kind == "tokens" and got.extra.get("vocab") != want.extra.get("vocab"):
         raise VaelabError(f"{data} has another vocabulary ({got.vocab_size} words) than run {run_dir} "
                           f"({want.vocab_size}); token ids mean words only under the run's vocabulary")
-    if got.kind != "tokens" and tuple(got.shape) != tuple(want.shape):
+    if got.kind == "waveforms" and got.extra.get("sample_rate") != want.extra.get("sample_rate"):
+        raise VaelabError(f"{data} is sampled at {got.extra.get('sample_rate')} Hz but run {run_dir} models "
+                          f"{want.extra.get('sample_rate')} Hz; set data.sample_rate to the run's rate")
+    if got.kind not in ("tokens", "waveforms") and tuple(got.shape) != tuple(want.shape):
         raise VaelabError(f"{data} holds examples of shape {tuple(got.shape)} but run {run_dir} "
                           f"models {tuple(want.shape)}; give data of the run's shape")
     batches = ordered_batches(bundle, split, batch_size, device)

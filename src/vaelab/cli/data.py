@@ -77,6 +77,7 @@ _PREFIX_HELP = {
     "folder": "a folder of images (png/jpg/bmp/gif/webp); sub-folders become labels",
     "npy": "a .npy/.npz array (N,H,W), (N,H,W,C), (N,C,H,W) or (N,D)",
     "text": "sentences, one per line: a folder with train/valid/test .txt, or one file (split by seed)",
+    "wav": "a folder of .wav files (any rate, resampled to data.sample_rate); labels from its labels.csv",
 }
 
 

@@ -1,10 +1,11 @@
 """Datasets held in memory as tensors: a registry of loaders, verified files, clear errors.
 
 ``load_dataset(cfg)`` is the entry point: ``cfg.name`` is a registered dataset (``mnist``,
-``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``, ``ring``; see ``vaelab data list``) or the
-user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file) or ``text:PATH`` (sentences).
-Files are read from :func:`data_root` and checked against their sha256 before parsing. Images
-become a :class:`DataBundle`, text a :class:`SequenceBundle`.
+``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``, ``fsdd``, ``ring``; see ``vaelab data list``)
+or the user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file), ``text:PATH`` (sentences)
+or ``wav:PATH`` (audio). Files are read from :func:`data_root` and checked against their sha256 before
+parsing. Images become a :class:`DataBundle`, text a :class:`SequenceBundle`, audio a
+:class:`WaveformBundle`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from . import ap, cifar10, digits, folder, frey, mnist, npy, ptb, ring, text  # noqa: F401  (importing registers them)
+from . import ap, audio, cifar10, digits, folder, frey, fsdd, mnist, npy, ptb, ring, text  # noqa: F401  (registers them)
+from .audio import WaveformBundle, WaveSplits
 from .base import BINARIZE_MODES, TEST_SPLIT_SEED, Bundle, DataBundle, ImageSplits, Splits, binarize, finish
 from .download import download, download_dataset
 from .registry import (
@@ -51,6 +53,8 @@ __all__ = [
     "Splits",
     "TextSplits",
     "Vocabulary",
+    "WaveSplits",
+    "WaveformBundle",
     "binarize",
     "data_root",
     "data_root_source",
@@ -73,7 +77,8 @@ def load_dataset(cfg: DataConfig, root: str | Path | None = None, verify: bool =
     root: the data root (default :func:`data_root`: ``$VAELAB_DATA`` or the per-user cache).
     verify: check each file's sha256 (once per process); the parsers check formats regardless.
     Returns a :class:`DataBundle` of float32 (N, C, H, W) tensors in [0, 1] for images, a
-    :class:`SequenceBundle` of token ids for text (whatever the loader's ``Splits.finish`` makes).
+    :class:`SequenceBundle` of token ids for text, a :class:`WaveformBundle` of float32 clips for
+    audio (whatever the loader's ``Splits.finish`` makes).
     """
     cfg.validate("data")
     prefix, sep, path = cfg.name.partition(":")

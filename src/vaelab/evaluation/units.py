@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.tokens import TokenBatch
+from vaelab.waves import WaveBatch
 
 __all__ = ["Units", "UnitRule", "UNIT_RULES", "units", "example_counts", "negative_elbo_per_example"]
 
@@ -122,7 +123,8 @@ def units(kind: str, nats_per_example: Tensor, counts: Tensor, *, bound: bool = 
 @singledispatch
 def example_counts(batch) -> Tensor:
     """(B,) what each example of ``batch`` holds: dimensions of a tensor's rows, tokens of a
-    :class:`~vaelab.tokens.TokenBatch` (its lengths, ``<eos>`` included). New batch types register."""
+    :class:`~vaelab.tokens.TokenBatch` (its lengths, ``<eos>`` included), samples of a
+    :class:`~vaelab.waves.WaveBatch` (its lengths). New batch types register."""
     raise TypeError(f"no example counts for a batch of type {type(batch).__name__}")
 
 
@@ -134,6 +136,11 @@ def _(batch: Tensor) -> Tensor:
 @example_counts.register
 def _(batch: TokenBatch) -> Tensor:
     return batch.lengths.cpu()
+
+
+@example_counts.register
+def _(batch: WaveBatch) -> Tensor:
+    return batch.lengths.cpu()  # the real samples of each row, padding excluded
 
 
 @torch.no_grad()

@@ -1,0 +1,121 @@
+"""Waveforms: ragged storage of mono clips (:class:`Waveforms`) and the padded batch a model
+receives (:class:`WaveBatch`).
+
+Both stand on torch alone, so ``data/`` builds them, ``train/`` batches them and ``models/`` read
+them without knowing each other (as :mod:`vaelab.tokens` does for text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Waveforms", "WaveBatch"]
+
+
+@dataclass(frozen=True)
+class Waveforms:
+    """N mono clips of varying lengths, stored end to end.
+
+    flat: (sum of lengths,) float32 samples in [-1, 1]; clip i is ``flat[offsets[i]:offsets[i + 1]]``.
+    offsets: (N + 1,) int64, starting at 0 and non-decreasing.
+    """
+
+    flat: Tensor
+    offsets: Tensor
+
+    def __post_init__(self) -> None:
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[0]) != 0:
+            raise ValueError("offsets must be a 1-D tensor starting at 0")
+        if int(self.offsets[-1]) != self.flat.numel() or self.flat.ndim != 1:
+            raise ValueError(
+                f"offsets end at {int(self.offsets[-1])} but flat holds {self.flat.numel()} samples"
+            )
+
+    @classmethod
+    def from_clips(cls, clips: list[Tensor]) -> Waveforms:
+        """From 1-D clips (any float dtype; stored as float32)."""
+        lengths = torch.tensor([len(c) for c in clips], dtype=torch.int64)
+        offsets = torch.zeros(len(clips) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        flat = torch.cat([c.reshape(-1).to(torch.float32) for c in clips]) if clips else torch.zeros(0)
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> Tensor:
+        """(N,) int64: samples per clip."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.flat[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def subset(self, index: Tensor) -> Waveforms:
+        """The clips ``index`` (a 1-D int64 tensor), in that order."""
+        return Waveforms.from_clips([self[int(i)] for i in index])
+
+    def to(self, device: torch.device | str) -> Waveforms:
+        return Waveforms(self.flat.to(device), self.offsets.to(device))
+
+    def window(self, index: Tensor, starts: Tensor, width: int) -> WaveBatch:
+        """Samples ``starts[b] .. starts[b] + width`` of clip ``index[b]``, as a :class:`WaveBatch`
+        (B, width) on this storage's device; positions past a clip's end are 0 and masked out.
+
+        index, starts: (B,) int64, ``0 <= starts[b] <= length of clip index[b]``. One gather, no loop.
+        """
+        device = self.flat.device
+        index, starts = index.to(device), starts.to(device)
+        first = self.offsets[index] + starts
+        lengths = (self.offsets[index + 1] - first).clamp_(min=0, max=width)
+        steps = torch.arange(width, device=device)
+        mask = steps < lengths[:, None]  # (B, width)
+        # positions past a clip's end read a neighbour (clamped to the storage), then are zeroed
+        positions = (first[:, None] + steps).clamp_(max=max(self.flat.numel() - 1, 0))
+        audio = self.flat[positions].masked_fill_(~mask, 0.0)
+        return WaveBatch(audio, lengths, mask)
+
+    def pad(self, index: Tensor) -> WaveBatch:
+        """The whole clips ``index`` (B,) padded with zeros to the longest of them (for evaluation)."""
+        lengths = self.lengths[index.to(self.offsets.device)]
+        width = int(lengths.max()) if len(index) else 0
+        return self.window(index, torch.zeros_like(index), width)
+
+
+@dataclass(frozen=True)
+class WaveBatch:
+    """B mono clips (or crops of them) padded to a common width T.
+
+    audio: (B, T) float32 samples in [-1, 1]; positions t >= lengths[b] hold 0.
+    lengths: (B,) int64, the real samples of each row.
+    mask: (B, T) bool, True at the positions t < lengths[b] (the real samples).
+    """
+
+    audio: Tensor
+    lengths: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.audio.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.audio.device
+
+    def split(self, size: int) -> tuple[WaveBatch, ...]:
+        """Consecutive pieces of at most ``size`` rows (as ``Tensor.split`` along the batch); the
+        width is kept, so fixed-length crops stay fixed-length."""
+        return tuple(
+            WaveBatch(a, n, m)
+            for a, n, m in zip(self.audio.split(size), self.lengths.split(size), self.mask.split(size))
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> WaveBatch:
+        return WaveBatch(
+            self.audio.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+            self.mask.to(device, non_blocking=non_blocking),
+        )

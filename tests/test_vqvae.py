@@ -46,7 +46,7 @@ def _model(shape=(1, 28, 28), seed=0, **kw) -> VQVAE:
 
 def _images(shape, n=6, binary=True, seed=1):
     x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
-    return (x < 0.4).float() if binary else x
+    return (x < 0.4).float() if binary else (x * 255).round() / 255  # binary, or 8-bit levels
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -55,6 +55,7 @@ def _images(shape, n=6, binary=True, seed=1):
     ((3, 32, 32), 2, "gaussian", (8, 8)),  # CIFAR-10: 32 -> 8
     ((1, 28, 28), 3, "bernoulli", (4, 4)),  # 28 is padded to 32 -> 4, the output cropped to 28
     ((3, 6, 5), 1, "gaussian", (3, 3)),  # 5 is padded to 6
+    ((3, 32, 32), 2, "discretized_logistic", (8, 8)),  # two outputs (mean, log-scale) per pixel
 ])
 def test_shapes_through_encoder_codes_and_decoder(shape, downsample, likelihood, code_shape):
     model = _model(shape, downsample=downsample, likelihood=likelihood).eval()
@@ -67,7 +68,9 @@ def test_shapes_through_encoder_codes_and_decoder(shape, downsample, likelihood,
     assert codes.shape == (b, *code_shape) and codes.dtype == torch.long
     assert codes.min() >= 0 and codes.max() < model.codebook_size == 16
     assert model.quantizer.lookup(codes).shape == z_e.shape
-    assert model.decoder_output(z_e).shape == (b, *shape)  # one parameter per pixel for both likelihoods
+    per_pixel = 2 if likelihood == "discretized_logistic" else 1
+    assert model.decoder_output(z_e).shape == (b, per_pixel * shape[0], *shape[1:])
+    assert model.decode_codes(codes).shape == (b, *shape)
     assert model.decode_codes(codes).shape == (b, *shape) and model.reconstruct(x).shape == x.shape
     px = model.decode(z_e)
     assert px.batch_shape == (b,) and px.event_shape == shape and px.log_prob(x).shape == (b,)
@@ -118,7 +121,8 @@ def test_encoding_codes_in_training_mode_changes_no_state():
 
 
 # ------------------------------------------------------------------------------------------ loss
-@pytest.mark.parametrize("quantizer,likelihood", [("ema", "bernoulli"), ("vq", "gaussian")])
+@pytest.mark.parametrize("quantizer,likelihood", [("ema", "bernoulli"), ("vq", "gaussian"),
+                                                 ("ema", "discretized_logistic")])
 def test_the_loss_terms_are_the_equations_and_add_up(quantizer, likelihood):
     """Eq. 3 recomputed from the pieces: log p(x|z_q) through torch.distributions, commitment
     beta ||z_e - e||^2 and codebook ||z_e - e||^2 summed per example, KL = H'W' log K, elbo =
@@ -133,6 +137,11 @@ def test_the_loss_terms_are_the_equations_and_add_up(quantizer, likelihood):
         params = model.decoder(e)
     if likelihood == "bernoulli":
         px = Independent(Bernoulli(logits=params), 3)
+    elif likelihood == "discretized_logistic":  # means, then raw log-scales bounded softly at -9
+        from vaelab.distributions import DiscretizedLogistic
+
+        loc, raw = params.unflatten(1, (2, 3)).unbind(1)
+        px = Independent(DiscretizedLogistic(loc, -9.0 + torch.nn.functional.softplus(raw + 9.0)), 3)
     else:  # learned per-channel variance, starting at 0.1^2
         logvar = model.likelihood.head.min_logvar + torch.nn.functional.softplus(
             model.likelihood.raw_logvar - model.likelihood.head.min_logvar)
@@ -286,7 +295,8 @@ def test_presets_are_valid_run_configs_for_mnist_and_cifar10():
         assert cfg.model.name == "vqvae" and cfg.data.name == data
         model = build_model(cfg.model, specs[data])
         assert model.code_shape == ((7, 7) if data == "mnist" else (8, 8))
-    assert cfg.data.binarize == "none" and cfg.model.likelihood == "gaussian"  # CIFAR-10: colour values
+    # CIFAR-10: the 8-bit colour levels, each a probability: bits/dim comparable with the paper's
+    assert cfg.data.binarize == "none" and cfg.model.likelihood == "discretized_logistic"
 
 
 @pytest.mark.datasets("mnist")
@@ -311,7 +321,8 @@ def test_the_smoke_preset_trains_from_the_command_line(data_root, tmp_path):
     ("beta", -0.1, r"model.beta must be >= 0 \(0.25 in the paper\)"),
     ("ema_decay", 1.0, r"model.ema_decay must be in \[0, 1\)"),
     ("quantizer", "gumbel", "model.quantizer must be one of 'ema', 'vq'; got 'gumbel'"),
-    ("likelihood", "discretized_logistic", "model.likelihood must be one of 'bernoulli', 'gaussian'"),
+    ("likelihood", "categorical",
+     "model.likelihood must be one of 'bernoulli', 'gaussian', 'discretized_logistic'"),
     ("codebook_size", 2.5, "model.codebook_size must be an integer, got 2.5"),
 ])
 def test_bad_config_values_are_one_line_errors_naming_the_key(key, value, message):

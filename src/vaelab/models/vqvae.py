@@ -22,12 +22,14 @@ Likelihood p(x|z_q), per pixel, independent (``likelihood``):
   (shared by every pixel and image), through ``vaelab.distributions.GaussianHead`` (so the
   log-variance is bounded softly below by log 1e-4). A density on the real line over pixels in
   [0, 1]: its bits/dim are those of a continuous density, not of 8-bit images (the discretized
-  logistic, to come, gives those). The per-channel variance starts at 0.1^2 (Adam moves a
+  logistic gives those). The per-channel variance starts at 0.1^2 (Adam moves a
   log-variance by about ``lr`` per step, so starting at 1 would leave the reconstruction term
   under-weighted against the commitment term for thousands of steps); its maximum-likelihood value
   is each channel's mean squared error, so it follows the reconstructions as they improve.
-* ``discretized_logistic``: not yet; it goes into :data:`PIXEL_LIKELIHOODS` (one entry) when
-  ``vaelab.distributions`` has the head.
+* ``discretized_logistic``: 8-bit images, values k/255; each pixel a logistic with decoded mean and
+  log-scale, integrated over its level's bin (edge bins open), ``vaelab.distributions.
+  DiscretizedLogisticHead``; the decoder has two outputs per channel. Its bits/dim is a bound on
+  the 8-bit data's, comparable with the papers'.
 
 Loss (eq. 3, in nats per example like every vaelab loss):
     -log p(x | z_q(x)) + ||sg[z_e] - e||^2 (``vq`` only) + beta ||z_e - sg[e]||^2,
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from vaelab.distributions import BernoulliHead, GaussianHead
+from vaelab.distributions import BernoulliHead, DiscretizedLogisticHead, GaussianHead
 from vaelab.errors import VaelabError
 from vaelab.models.base import (
     DiscreteCodeModel,
@@ -82,6 +84,7 @@ __all__ = [
     "BernoulliPixels",
     "GaussianPixels",
     "PIXEL_LIKELIHOODS",
+    "DiscretizedLogisticPixels",
 ]
 
 
@@ -100,7 +103,9 @@ class VQVAEConfig(ModelConfig):
         outputs with this many Lloyd iterations; 0 keeps the random N(0, 1) codebook.
     restart_after: re-seed a code unused for this many training steps with a random encoder output
         of the current batch (0: never).
-    likelihood: ``bernoulli`` (binary images) or ``gaussian`` (learned per-channel variance).
+    likelihood: ``bernoulli`` (binary images), ``gaussian`` (learned per-channel variance; a density,
+        so its bits/dim are not those of 8-bit images) or ``discretized_logistic`` (8-bit images:
+        a probability of each level, so bits/dim is a real bound).
     """
 
     name: str = "vqvae"
@@ -115,7 +120,7 @@ class VQVAEConfig(ModelConfig):
     ema_decay: float = 0.99
     kmeans_iters: int = 0
     restart_after: int = 0
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian", "discretized_logistic"] = "bernoulli"
 
     def validate(self, prefix: str) -> None:
         for key in ("hidden", "res_channels", "downsample", "code_dim"):
@@ -220,11 +225,34 @@ class GaussianPixels(PixelLikelihood):
         return out
 
 
+class DiscretizedLogisticPixels(PixelLikelihood):
+    """8-bit pixels, each a discretized logistic over the 256 levels k/255 (Salimans et al. 2017), with
+    a decoded mean and log-scale per pixel: a probability of the data, so its bits/dim is a real
+    bound for 8-bit images (``vaelab.distributions.DiscretizedLogisticHead``)."""
+
+    params_per_channel = 2
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.head = DiscretizedLogisticHead()
+
+    def distribution(self, out: Tensor) -> Distribution:
+        return self.head(self._params(out), (self.channels, *out.shape[-2:]))
+
+    def log_prob(self, out: Tensor, x: Tensor) -> Tensor:
+        return self.head.log_prob(self._params(out), x, tuple(x.shape[1:]))
+
+    def mean(self, out: Tensor) -> Tensor:
+        return self.head.mean(self._params(out), 3)
+
+    def check_data(self, x: Tensor) -> None:
+        self.head.check_data(x)
+
+
 PIXEL_LIKELIHOODS: dict[str, type[PixelLikelihood]] = {
     "bernoulli": BernoulliPixels,
     "gaussian": GaussianPixels,
-    # "discretized_logistic": a PixelLikelihood over vaelab.distributions' head, once it exists (and
-    # the name added to VQVAEConfig.likelihood's Literal)
+    "discretized_logistic": DiscretizedLogisticPixels,
 }
 """``model.likelihood`` -> its class, built with the number of channels."""
 

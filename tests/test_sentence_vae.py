@@ -121,6 +121,24 @@ def test_word_dropout_replaces_the_configured_fraction_of_real_inputs(p):
 
 
 # ------------------------------------------------------------------------------------------ schedules
+def test_dropout_acts_in_training_only_and_keeps_the_expected_activation():
+    """dropout p on the decoder's embeddings and LSTM outputs: in eval mode the LM's loss is
+    deterministic and the same as with p = 0 (same weights); in training mode it varies between calls."""
+    torch.manual_seed(0)
+    plain = build_model(LSTMLanguageModelConfig(embedding_dim=8, hidden_size=16), SPEC)
+    torch.manual_seed(0)
+    dropped = build_model(LSTMLanguageModelConfig(embedding_dim=8, hidden_size=16, dropout=0.5), SPEC)
+    batch = _random_batch(torch.Generator().manual_seed(4), 5)
+    plain.eval()
+    dropped.eval()
+    torch.testing.assert_close(dropped.loss(batch).loss, plain.loss(batch).loss)
+    dropped.train()
+    a, b = dropped.loss(batch).loss, dropped.loss(batch).loss
+    assert not torch.equal(a, b)
+    with pytest.raises(Exception, match="dropout must be in"):
+        config_from_dict({"model": {"name": "lstm_lm", "dropout": 1.0}, "data": {"name": "ptb"}})
+
+
 def test_the_kl_schedules_at_fixed_steps():
     """logistic: w(t) = (s(t) - s(0)) / (s(L) - s(0)), s(t) = 1 / (1 + exp(-(10 / L)(t - L / 2))); for
     L = 100, w(25) = (1/(1+e^2.5) - 1/(1+e^5)) / (1/(1+e^-5) - 1/(1+e^5)) = 0.0701037 (by hand), and

@@ -19,7 +19,9 @@ by padding: the same function as a k x k kernel times a mask, without multiplyin
 Every gate is tanh(a) * sigmoid(b) (eq. 2); with class conditioning, a learned per-class bias
 V^T y is added to both halves in every layer (eq. 4). The horizontal stack is residual after the
 first layer, and each layer's gated output also feeds a skip connection summed into the output
-head (ReLU, 1x1, ReLU, 1x1 -> K logits per position).
+head (ReLU, 1x1, ReLU, 1x1 -> K logits per position). The head reads only the skips, so the last
+layer has no residual convolution (its horizontal output would go nowhere: a parameter without
+gradient).
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ class GatedLayer(nn.Module):
     ``mask_a``: the horizontal convolution excludes the current position (the first layer, whose
     horizontal input is the embedded code itself); it also has no residual connection, since adding
     its input back would show each position its own code. ``n_classes`` > 0 adds a learned bias per
-    class to the vertical and horizontal pre-activations.
+    class to the vertical and horizontal pre-activations. ``last``: the network's last layer, whose
+    stacks feed nothing but its skip output: it has no residual convolution and returns h as given.
     """
 
-    def __init__(self, channels: int, kernel: int, mask_a: bool, n_classes: int = 0):
+    def __init__(self, channels: int, kernel: int, mask_a: bool, n_classes: int = 0, last: bool = False):
         super().__init__()
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and at least 3, got {kernel}")
@@ -65,7 +68,7 @@ class GatedLayer(nn.Module):
         # horizontal: columns j - half .. j (mask B) or j - half .. j - 1 (mask A)
         self.horizontal = nn.Conv2d(c, 2 * c, (1, half if mask_a else half + 1))
         self.vertical_to_horizontal = nn.Conv2d(2 * c, 2 * c, 1)
-        self.residual = nn.Conv2d(c, c, 1)
+        self.residual = None if last else nn.Conv2d(c, c, 1)
         self.skip = nn.Conv2d(c, c, 1)
         self.condition = nn.Embedding(n_classes, 4 * c) if n_classes > 0 else None
 
@@ -87,7 +90,10 @@ class GatedLayer(nn.Module):
             bias_v, bias_h = self.condition(labels)[:, :, None, None].chunk(2, dim=1)
             v_pre, h_pre = v_pre + bias_v, h_pre + bias_h  # V^T y in both gates (eq. 4)
         gated = gate(h_pre)
-        h_out = self.residual(gated) if self.mask_a else h + self.residual(gated)
+        if self.residual is None:
+            h_out = h
+        else:
+            h_out = self.residual(gated) if self.mask_a else h + self.residual(gated)
         return gate(v_pre), h_out, self.skip(gated)
 
 
@@ -115,7 +121,8 @@ class GatedPixelCNN(nn.Module):
         self.n_codes, self.n_classes = n_codes, n_classes
         self.embedding = nn.Embedding(n_codes, channels)
         self.layers = nn.ModuleList(
-            GatedLayer(channels, kernel, mask_a=(i == 0), n_classes=n_classes) for i in range(layers)
+            GatedLayer(channels, kernel, mask_a=(i == 0), n_classes=n_classes, last=(i == layers - 1))
+            for i in range(layers)
         )
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, n_codes, 1)

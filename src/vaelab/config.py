@@ -49,9 +49,10 @@ class DataConfig:
     """Which data, and how it is turned into tensors.
 
     name: a registered dataset (``vaelab data list``), ``folder:PATH`` (a folder of images),
-        ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)) or
-        ``text:PATH`` (sentences, one per line: a folder with train/valid/test .txt, or one file) or
-        ``wav:PATH`` (a folder of .wav files, with labels from its ``labels.csv`` if any).
+        ``npy:PATH`` (a NumPy array file of shape (N, H, W), (N, H, W, C) or (N, D)),
+        ``text:PATH`` (sentences, one per line: a folder with train/valid/test .txt, or one file),
+        ``wav:PATH`` (a folder of .wav files, with labels from its ``labels.csv`` if any) or
+        ``codes:PATH`` (discrete code maps with their labels, ``vaelab vq extract-codes``).
     binarize: ``dynamic`` draws x ~ Bernoulli(pixel) afresh for every batch; ``fixed`` draws once
         with ``split_seed``; ``threshold`` rounds at 0.5; ``none`` keeps grey levels in [0, 1].
     valid_size: held-out part of the training set for validation: a fraction (< 1) or a count,

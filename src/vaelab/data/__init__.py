@@ -2,10 +2,11 @@
 
 ``load_dataset(cfg)`` is the entry point: ``cfg.name`` is a registered dataset (``mnist``,
 ``binarized_mnist``, ``frey``, ``digits``, ``cifar10``, ``ptb``, ``fsdd``, ``ring``; see ``vaelab data list``)
-or the user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file), ``text:PATH`` (sentences)
-or ``wav:PATH`` (audio). Files are read from :func:`data_root` and checked against their sha256 before
-parsing. Images become a :class:`DataBundle`, text a :class:`SequenceBundle`, audio a
-:class:`WaveformBundle`.
+or the user's own data, ``folder:PATH`` (images), ``npy:PATH`` (an array file), ``text:PATH`` (sentences),
+``wav:PATH`` (audio) or ``codes:PATH`` (discrete code maps, ``vaelab vq extract-codes``). Files are read
+from :func:`data_root` and checked against their sha256 before parsing. Images become a
+:class:`DataBundle`, text a :class:`SequenceBundle`, audio a :class:`WaveformBundle`, code maps a
+:class:`CodeBundle`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 from vaelab.config import DataConfig
 from vaelab.errors import VaelabError
 
-from . import ap, audio, cifar10, digits, folder, frey, fsdd, mnist, npy, ptb, ring, text  # noqa: F401  (registers them)
+from . import ap, audio, cifar10, codes, digits, folder, frey, fsdd, mnist, npy, ptb, ring, text  # noqa: F401  (registers them)
 from .audio import WaveformBundle, WaveSplits
 from .base import BINARIZE_MODES, TEST_SPLIT_SEED, Bundle, DataBundle, ImageSplits, Splits, binarize, finish
+from .codes import CodeBundle, write_codes
 from .download import download, download_dataset
 from .registry import (
     DATASETS,
@@ -43,6 +45,7 @@ __all__ = [
     "PREFIXES",
     "TEST_SPLIT_SEED",
     "Bundle",
+    "CodeBundle",
     "DataBundle",
     "DataFile",
     "Dataset",
@@ -68,6 +71,7 @@ __all__ = [
     "read_file",
     "register_dataset",
     "register_prefix",
+    "write_codes",
 ]
 
 

@@ -25,6 +25,7 @@ from functools import singledispatch
 import torch
 from torch import Tensor, nn
 
+from vaelab.codes import CodeBatch
 from vaelab.tokens import TokenBatch
 from vaelab.waves import WaveBatch
 
@@ -124,7 +125,8 @@ def units(kind: str, nats_per_example: Tensor, counts: Tensor, *, bound: bool = 
 def example_counts(batch) -> Tensor:
     """(B,) what each example of ``batch`` holds: dimensions of a tensor's rows, tokens of a
     :class:`~vaelab.tokens.TokenBatch` (its lengths, ``<eos>`` included), samples of a
-    :class:`~vaelab.waves.WaveBatch` (its lengths). New batch types register."""
+    :class:`~vaelab.waves.WaveBatch` (its lengths), code positions H*W of a
+    :class:`~vaelab.codes.CodeBatch`. New batch types register."""
     raise TypeError(f"no example counts for a batch of type {type(batch).__name__}")
 
 
@@ -141,6 +143,11 @@ def _(batch: TokenBatch) -> Tensor:
 @example_counts.register
 def _(batch: WaveBatch) -> Tensor:
     return batch.lengths.cpu()  # the real samples of each row, padding excluded
+
+
+@example_counts.register
+def _(batch: CodeBatch) -> Tensor:
+    return torch.full((len(batch),), batch.codes[0].numel(), dtype=torch.int64)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import sections
+from vaelab.codes import CodeBatch
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.models import MODELS, build_model
@@ -19,6 +20,7 @@ from vaelab.models.base import (
     Sampling,
 )
 from vaelab.models.mcem import MCEMConfig
+from vaelab.models.pixelcnn_prior import PixelCNNPriorConfig
 from vaelab.models.sentence_vae import LSTMLanguageModelConfig, SentenceVAEConfig
 from vaelab.models.vae import VAEConfig
 from vaelab.models.vqvae import VQVAEConfig
@@ -48,6 +50,14 @@ def _sentences(g, b):
     lengths[0] = 6
     seqs = [torch.randint(4, len(_WORDS), (int(n),), generator=g).tolist() + [3] for n in lengths]
     return Sequences.from_lists(seqs).pad(torch.arange(b), 0)
+
+
+def _codes(k, shape, n_classes=0):
+    """Code maps (b, *shape) in [0, k) with labels in [0, n_classes) (None when 0) as a CodeBatch."""
+    def make(g, b):
+        labels = torch.randint(0, n_classes, (b,), generator=g) if n_classes else None
+        return CodeBatch(torch.randint(0, k, (b, *shape), generator=g), labels)
+    return make
 
 
 def _event(x, b, px):
@@ -109,6 +119,14 @@ CASES = {
         (VQVAEConfig(hidden=8, res_blocks=2, res_channels=4, downsample=2, codebook_size=6, code_dim=2,
                      quantizer="vq", kmeans_iters=2, restart_after=1, likelihood="gaussian"),
          DataSpec((3, 8, 8), "continuous"), _grey((3, 8, 8))),
+    ],
+    "pixelcnn_prior": [
+        # unconditional, over 3x4 maps of K = 5 codes
+        (PixelCNNPriorConfig(channels=8, layers=2), DataSpec((3, 4), "codes", extra={"codebook_size": 5}),
+         _codes(5, (3, 4))),
+        # class-conditional (3 classes), 5x5 kernels
+        (PixelCNNPriorConfig(channels=6, layers=3, kernel=5, class_conditional=True),
+         DataSpec((4, 3), "codes", n_classes=3, extra={"codebook_size": 7}), _codes(7, (4, 3), 3)),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),
@@ -204,8 +222,12 @@ def test_declared_interfaces_hold(name, i):
         assert codes.min() >= 0 and codes.max() < model.codebook_size
         assert model.decode_codes(codes).shape == x.shape
     if isinstance(model, AutoregressivePrior):
-        c = model.sample(3)
-        assert model.log_prob(c).shape == (3,)
+        y = torch.arange(3) % model.n_classes if model.n_classes else None
+        c = model.sample(3, y)
+        assert c.dtype == torch.long and c.shape == (3, *model.spec.shape)
+        assert c.min() >= 0 and c.max() < model.spec.extra["codebook_size"]
+        lp = model.log_prob(c, y)
+        assert lp.shape == (3,) and (lp <= 0).all()
 
 
 @pytest.mark.parametrize("name,i", PARAMS)

@@ -1,6 +1,7 @@
 """Model families. Importing this package registers every built-in model."""
 
 from vaelab.models import mcem as _mcem  # noqa: F401  (registers "mcem")
+from vaelab.models import pixelcnn_prior as _pixelcnn_prior  # noqa: F401  (registers "pixelcnn_prior")
 from vaelab.models import sentence_vae as _sentence_vae  # noqa: F401  (registers "sentence_vae", "lstm_lm")
 from vaelab.models import vae as _vae  # noqa: F401  (registers "vae")
 from vaelab.models import vqvae as _vqvae  # noqa: F401  (registers "vqvae")

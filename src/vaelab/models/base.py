@@ -283,7 +283,13 @@ class DiscreteCodeModel(ABC):
 
 class AutoregressivePrior(ABC):
     """A prior p(c) = prod_i p(c_i | c_<i [, condition]) over discrete codes (PixelCNN), trained on
-    codes extracted by a parent run (see ``RunConfig.parent``)."""
+    codes extracted by a parent run (see ``RunConfig.parent``). ``condition`` is (B,) long class
+    labels for a class-conditional prior (``n_classes`` > 0), None for an unconditional one."""
+
+    @property
+    @abstractmethod
+    def n_classes(self) -> int:
+        """Number of class labels the prior is conditioned on (0: unconditional)."""
 
     @abstractmethod
     def log_prob(self, codes: Tensor, condition: Tensor | None = None) -> Tensor:

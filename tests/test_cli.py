@@ -29,6 +29,7 @@ TESTED = {
     "ising": "tests/test_vi_*.py",
     "reproduce": "tests/test_reproduce*.py",
     "text": "tests/test_text_cli.py",
+    "vq": "tests/test_vq_pipeline.py",
 }
 
 

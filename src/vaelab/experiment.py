@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from vaelab.config import RunConfig, config_from_dict, dump_json
-from vaelab.data import Bundle, DataBundle, SequenceBundle, WaveformBundle, load_dataset
+from vaelab.data import Bundle, CodeBundle, DataBundle, SequenceBundle, WaveformBundle, load_dataset
 from vaelab.errors import VaelabError
 from vaelab.evaluation.ais import AISSettings
 from vaelab.evaluation.likelihood import LogLikelihoodEstimate
@@ -56,6 +56,7 @@ from vaelab.spec import DataSpec
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import RepeatedBatches, TensorBatches, dynamic_binarize
 from vaelab.train.callbacks import Callback, Checkpointer, EarlyStopping, JsonlLogger, ProgressBar
+from vaelab.train.codes import CodeBatches
 from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
 from vaelab.train.waveforms import WaveformBatches
@@ -89,7 +90,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise VaelabError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
-Batches = TensorBatches | SequenceBatches | WaveformBatches | RepeatedBatches
+Batches = TensorBatches | SequenceBatches | WaveformBatches | CodeBatches | RepeatedBatches
 """What the trainer and the evaluation iterate: ``epoch(e, start)`` and ``len``."""
 
 
@@ -219,6 +220,30 @@ def _waveform_batches(bundle: WaveformBundle, cfg: RunConfig, device: torch.devi
     return SplitBatches(train, valid, test, bundle.split("valid")[1], test_labels)
 
 
+@split_batches.register
+def _code_batches(bundle: CodeBundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
+                  ) -> SplitBatches:
+    ebs = cfg.eval.batch_size
+    train = CodeBatches(bundle.train, bundle.train_labels, cfg.train.batch_size, shuffle=True,
+                        seed=cfg.train.seed, device=device, rank=rank, world=world)
+    valid = (
+        CodeBatches(bundle.valid, bundle.valid_labels, ebs, shuffle=False, device=device, rank=rank,
+                    world=world)
+        if bundle.valid is not None and len(bundle.valid) >= world
+        else None
+    )
+    test_codes, test_labels = bundle.test, bundle.test_labels
+    if test_codes is not None and cfg.eval.max_examples:
+        test_codes = test_codes[: cfg.eval.max_examples]
+        test_labels = test_labels[: cfg.eval.max_examples] if test_labels is not None else None
+    test = (
+        CodeBatches(test_codes, test_labels, ebs, shuffle=False, device=device)
+        if test_codes is not None and len(test_codes)
+        else None
+    )
+    return SplitBatches(train, valid, test, bundle.valid_labels, test_labels)
+
+
 @singledispatch
 def ordered_batches(bundle: Bundle, split: str, batch_size: int, device: torch.device) -> Batches | None:
     """Every example of ``split`` in the dataset's order, as the model is evaluated on it (None when
@@ -254,9 +279,41 @@ def _ordered_waveforms(bundle: WaveformBundle, split: str, batch_size: int, devi
     return WaveformBatches(clips, batch_size, shuffle=False, device=device)
 
 
+@ordered_batches.register
+def _ordered_codes(bundle: CodeBundle, split: str, batch_size: int, device: torch.device
+                   ) -> CodeBatches | None:
+    codes, labels = bundle.split(split)
+    if codes is None or not len(codes):
+        return None
+    return CodeBatches(codes, labels, batch_size, shuffle=False, device=device)
+
+
+def check_codes_parent(bundle: CodeBundle, cfg: RunConfig) -> None:
+    """Refuse (one line) codes extracted from another run, or another checkpoint, than the run's
+    ``parent``: a prior over codes names the VQ-VAE run they came from (``parent.run``, whose hash
+    ``train_run`` records before calling ``prepare``), and the codes file records the same run and
+    checkpoint hash (``vaelab vq extract-codes``)."""
+    if not bundle.parent_run:
+        return
+    if not cfg.parent.run:
+        raise VaelabError(f"data {bundle.name} are the codes of run {bundle.parent_run}; set parent.run = "
+                          f"{bundle.parent_run!r} so that the prior names the run it builds on")
+    if Path(cfg.parent.run).resolve() != Path(bundle.parent_run).resolve():
+        raise VaelabError(f"data {bundle.name} are the codes of run {bundle.parent_run}, but parent.run is "
+                          f"{cfg.parent.run}; extract the codes of the parent (vaelab vq extract-codes "
+                          f"{cfg.parent.run}) or name their run as the parent")
+    if cfg.parent.sha256 and bundle.parent_sha256 != cfg.parent.sha256:
+        raise VaelabError(f"data {bundle.name} were extracted from checkpoint sha256 "
+                          f"{bundle.parent_sha256[:12]} of {bundle.parent_run}, but the parent's checkpoint "
+                          f"is {cfg.parent.sha256[:12]}; extract the codes again (vaelab vq extract-codes "
+                          f"{bundle.parent_run})")
+
+
 def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1) -> Prepared:
     bundle = load_dataset(cfg.data)
     spec = bundle.spec
+    if isinstance(bundle, CodeBundle):
+        check_codes_parent(bundle, cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, spec).to(device)
     b = split_batches(bundle, cfg, device, rank=rank, world=world)

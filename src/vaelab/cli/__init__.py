@@ -30,7 +30,7 @@ COMMANDS: dict[str, Command] = {}
 
 # Modules whose import registers subcommands. New families add their module here.
 _COMMAND_MODULES = ("vaelab.cli.core", "vaelab.cli.vi", "vaelab.cli.data", "vaelab.cli.reproduce",
-                    "vaelab.cli.text")
+                    "vaelab.cli.text", "vaelab.cli.vq")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None):

@@ -22,14 +22,15 @@ class DataSpec:
 
     shape: the event shape of one example, e.g. (1, 28, 28) for MNIST (channels first); for token
         sequences (max_length,), the longest sequence (words and ``<eos>``); for waveforms
-        (max_samples,), the longest clip.
+        (max_samples,), the longest clip; for codes (H', W'), the code map.
     kind: one of :data:`KINDS` - ``images``, ``tokens``, ``waveforms`` or ``codes``.
     values: for images, ``binary`` (values in {0, 1}) or ``continuous`` (values in [0, 1]);
         empty for the other kinds.
     n_classes: number of labels when the dataset has them (0 otherwise).
     extra: kind-specific facts, JSON-serialisable (for ``tokens``: ``vocab`` (the words, index =
         token id), ``pad_id``, ``unk_id``, ``bos_id``, ``eos_id``; for ``waveforms``: ``sample_rate``
-        (Hz) and ``labels``, label set name -> the names of its values).
+        (Hz) and ``labels``, label set name -> the names of its values; for ``codes``:
+        ``codebook_size``, the number K of code values).
 
     Specs written before ``kind`` named the data kind had ``kind`` ``binary`` or ``continuous``:
     both are read as images with those values (in :meth:`from_dict` and in the constructor).

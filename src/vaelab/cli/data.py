@@ -78,6 +78,7 @@ _PREFIX_HELP = {
     "npy": "a .npy/.npz array (N,H,W), (N,H,W,C), (N,C,H,W) or (N,D)",
     "text": "sentences, one per line: a folder with train/valid/test .txt, or one file (split by seed)",
     "wav": "a folder of .wav files (any rate, resampled to data.sample_rate); labels from its labels.csv",
+    "codes": "code maps (N,H',W') with labels from `vaelab vq extract-codes` (an .npz): a prior's data",
 }
 
 

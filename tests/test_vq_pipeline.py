@@ -18,7 +18,7 @@ import torch
 
 from vaelab.cli import main
 from vaelab.codes import CodeBatch
-from vaelab.config import DataConfig, config_from_dict
+from vaelab.config import DataConfig, config_from_dict, load_config
 from vaelab.data import CodeBundle, load_dataset, write_codes
 from vaelab.experiment import evaluate_run, load_run_model, train_run
 from vaelab.models import build_model
@@ -220,6 +220,30 @@ def test_codes_of_another_run_than_the_parent_are_refused_in_one_line(vq_run, co
     assert _train_prior(other, codes_file, tmp_path / "p") == 2
     _one_line_error(capsys, f"are the codes of run {vq_run.resolve()}",
                     f"but parent.run is {other.resolve()}")
+
+
+def test_codes_of_an_older_checkpoint_of_the_parent_are_refused_in_one_line(vq_run, codes_file, tmp_path,
+                                                                            capsys):
+    with np.load(codes_file) as z:
+        stored = {k: z[k] for k in z.files}
+    stale = tmp_path / "stale.npz"
+    write_codes(stale, {"train": stored["codes_train"]}, {"train": stored["labels_train"]}, codebook_size=K,
+                n_classes=4, parent_run=str(vq_run.resolve()), parent_sha256="0" * 64)
+    assert _train_prior(vq_run, stale, tmp_path / "p") == 2
+    _one_line_error(capsys, "were extracted from checkpoint sha256 000000000000",
+                    f"extract the codes again (vaelab vq extract-codes {vq_run.resolve()})")
+
+
+def test_the_cifar10_preset_is_a_class_conditional_child_of_the_vqvae_preset():
+    cfg = load_config(ROOT / "configs" / "pixelcnn_prior_cifar10.toml")
+    vq = load_config(ROOT / "configs" / "vqvae_cifar10.toml")
+    assert cfg.parent.run == f"runs/{vq.name}" and cfg.data.name == f"codes:runs/{vq.name}/codes.npz"
+    spec = DataSpec((8, 8), "codes", n_classes=10, extra={"codebook_size": vq.model.codebook_size})
+    model = build_model(cfg.model, spec)
+    assert model.n_classes == 10 and model.n_codes == 512 and len(model.network.layers) == 12
+    assert model.network.embedding.weight.shape == (512, 64)
+    # a position sees the whole 8x8 map before it: 12 layers of 3x3 masks reach 12 columns either side
+    assert cfg.model.layers * (cfg.model.kernel // 2) >= 8
 
 
 # ------------------------------------------------------------------------------------ generation

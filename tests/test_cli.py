@@ -30,6 +30,7 @@ TESTED = {
     "reproduce": "tests/test_reproduce*.py",
     "text": "tests/test_text_cli.py",
     "vq": "tests/test_vq_pipeline.py",
+    "compare": "tests/test_compare_and_mi.py",
 }
 
 

@@ -520,9 +520,16 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
 
 
 def _split(head: DiscretizedLogisticHead, out: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, 2, T) decoder output -> (loc (B, T), log_scale (B, T)) in the levels' [0, 1] scale: the
-    mean offset by 0.5, so that an untrained decoder centres every sample on the middle level
-    (silence), and the log-scale bounded softly below as ``DiscretizedLogisticHead`` does."""
+    """(B, 2, T) decoder output -> (loc (B, T), log_scale (B, T)) in the levels' [0, 1] scale.
+
+    Offsets so that an untrained decoder (outputs near 0) starts sensibly: the mean at 0.5, the
+    middle level (silence), and the log-scale at ``_INIT_LOG_SCALE`` (a scale of 0.05, a standard
+    deviation of about 23 levels) rather than 0 (a scale of the whole range, from which Adam, moving
+    a bias by about ``lr`` a step, needs thousands of steps to come down); the log-scale is bounded
+    softly below as ``DiscretizedLogisticHead`` does."""
     loc, raw = out.unbind(1)
-    return 0.5 + loc, head.min_log_scale + F.softplus(raw - head.min_log_scale)
+    return 0.5 + loc, head.min_log_scale + F.softplus(raw + _INIT_LOG_SCALE - head.min_log_scale)
+
+
+_INIT_LOG_SCALE = math.log(0.05)
 

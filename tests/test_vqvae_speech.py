@@ -5,13 +5,14 @@ import io
 import json
 import math
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.io import wavfile
 
-from vaelab.config import config_from_dict
+from vaelab.config import config_from_dict, read_toml
 from vaelab.distributions import DiscretizedLogistic
 from vaelab.errors import VaelabError
 from vaelab.models import build_model
@@ -281,3 +282,33 @@ def test_report_sections_without_inputs_and_with_a_batch():
     n_codes = sum(-(-n // 8) for n in [100, 50, 70, 20, 90])
     assert f"over the inputs' {n_codes} code positions" in usage.caption
     assert [s.name for s in model.report_sections(ReportInputs([], None, 4))] == ["codebook_usage"]
+
+
+# ----------------------------------------------------------------------------- presets
+ROOT = Path(__file__).resolve().parents[1]
+SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+FSDD_SPEC = DataSpec((18262,), "waveforms", n_classes=10, extra={
+    "sample_rate": 8000, "labels": {"digit": [str(d) for d in range(10)], "speaker": SPEAKERS}})
+
+
+def test_the_presets_build_for_fsdd_at_125_codes_a_second():
+    for name in ("smoke_vqvae_speech_fsdd", "vqvae_speech_fsdd"):
+        cfg = config_from_dict(read_toml(ROOT / "configs" / f"{name}.toml"))
+        assert cfg.model.name == "vqvae_speech" and cfg.data.name == "fsdd"
+        model = build_model(cfg.model, FSDD_SPEC)
+        assert model.n_speakers == 6
+    assert model.stride == 64 and 8000 / model.stride == 125 and model.codebook_size == 256
+
+
+@pytest.mark.datasets("fsdd")
+def test_the_smoke_preset_trains_on_fsdd_from_the_command_line(data_root, tmp_path):
+    from vaelab.cli import main
+    from vaelab.experiment import load_run_model
+    from vaelab.models.vqvae_speech import SpeechVQVAE
+
+    run = tmp_path / "smoke"
+    args = ["train", str(ROOT / "configs" / "smoke_vqvae_speech_fsdd.toml"), "--out", str(run), "--quiet",
+            "--no-eval", "--set", "train.max_steps=3", "--set", "train.threads=1"]
+    assert main(args) == 0
+    model, _, _ = load_run_model(run, torch.device("cpu"))
+    assert isinstance(model, SpeechVQVAE) and model.speaker_names[0] == "george"

@@ -397,7 +397,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
                      lengths: Tensor | None = None) -> WaveBatch:
         """E[x|z_q, s] of codes (B, T') long, as a WaveBatch (B, T' m) whose rows have ``lengths``
         (B,) real samples (default T' m each; the decoder treats code positions past
-        ceil(L / m) as padding).
+        ceil(L / m) as padding) and, with a conditioned decoder, ``labels["speaker"]`` the speakers
+        decoded with.
 
         speaker: an int for every row, or (B,) long; None: speaker 0 (the codes alone do not say who
         spoke: pass each clip's own speaker, ``speakers_of(batch)``, to reconstruct it). Ignored
@@ -408,11 +409,10 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
             lengths = torch.full((b,), width, dtype=torch.long, device=codes.device)
         n = self.code_lengths(lengths)
         z_q = _keep(self.quantizer.lookup(codes), n)
-        out = self.decoder_output(z_q, self._speaker_tensor(speaker, b, codes.device), lengths, width)
-        audio = self.decode_mean(out, lengths)
+        s = self._speaker_tensor(speaker, b, codes.device)
+        audio = self.decode_mean(self.decoder_output(z_q, s, lengths, width), lengths)
         mask = torch.arange(width, device=codes.device) < lengths[:, None]
-        labels = {} if speaker is None else {"speaker": self._speaker_tensor(speaker, b, codes.device)}
-        return WaveBatch(audio, lengths, mask, {k: v for k, v in labels.items() if v is not None})
+        return WaveBatch(audio, lengths, mask, {} if s is None else {"speaker": s})
 
     def _decode_batch(self, x: WaveBatch, speaker: int | Tensor | None) -> WaveBatch:
         """x decoded from its own codes with ``speaker``, cropped to x's width, labels kept (the

@@ -122,7 +122,7 @@ class WaveBatch:
     audio: Tensor
     lengths: Tensor
     mask: Tensor
-    labels: dict[str, Tensor] = field(default_factory=dict)
+    labels: dict[str, Tensor] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for name, values in self.labels.items():

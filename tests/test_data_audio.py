@@ -330,6 +330,38 @@ def test_evaluation_batches_hold_whole_clips_in_order():
     assert [p.audio.shape for p in pieces] == [(1, 80), (1, 80)] and isinstance(pieces[0], WaveBatch)
 
 
+def test_batches_carry_the_label_sets_of_their_clips():
+    lengths = [5, 64, 100, 300, 3, 200, 17]
+    waves = numbered(lengths)
+    sets = {"clip": torch.arange(len(lengths)), "speaker": torch.arange(len(lengths)) % 3}
+    for crop in (64, 0):
+        for batch in WaveformBatches(waves, 3, crop=crop, seed=2, labels=sets).epoch(1):
+            clips = torch.tensor([origin(float(batch.audio[r, 0]))[0] for r in range(len(batch))])
+            assert torch.equal(batch.labels["clip"], clips)
+            assert torch.equal(batch.labels["speaker"], clips % 3)
+            first = batch.split(2)[0]
+            assert torch.equal(first.labels["clip"], clips[:2]) and len(first) == min(2, len(batch))
+            assert torch.equal(batch.to("cpu").labels["speaker"], clips % 3)
+    assert WaveformBatches(waves, 3).batch(0, 0).labels == {}
+    with pytest.raises(ValueError, match="one value per clip"):
+        WaveformBatches(waves, 3, labels={"clip": torch.arange(3)})
+
+
+def test_mu_law_levels_invert_the_companding_curve():
+    from vaelab.waves import mu_law_decode, mu_law_encode
+
+    k = torch.arange(256)
+    x = mu_law_decode(k)
+    assert torch.equal(mu_law_encode(x), k)  # every level's sample falls back on its level
+    assert x[0] == -1 and x[255] == 1 and bool((x[1:] > x[:-1]).all())
+    assert torch.allclose(x, -x.flip(0), atol=1e-7)  # odd curve
+    # dx/dy = ln(1 + mu) (1 + mu)^|y| / mu and levels are dy = 2 / mu apart: steps of about 1.7e-4 at
+    # 0 and 256 times that, 0.044, at full scale
+    steps = x[1:] - x[:-1]
+    assert 1.6e-4 < steps[127] < 1.8e-4 and 0.042 < steps[-1] < 0.044
+    assert torch.equal(mu_law_encode(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255]))
+
+
 def test_data_parallel_shards_are_disjoint():
     waves = numbered([10 + i for i in range(11)])
     clips = []
@@ -354,6 +386,29 @@ def test_experiment_batches_waveforms_with_crops_for_training(tmp_path):
     assert [batch.audio.shape[1] for batch in test] == [len(bundle.test[0])]
     ordered = ordered_batches(bundle, "train", 4, torch.device("cpu"))
     assert sum(len(batch) for batch in ordered.epoch(0)) == len(bundle.train)
+    assert all(batch.labels == {} for batch in ordered.epoch(0))  # no labels.csv, no label sets
+
+
+def test_experiment_batches_carry_the_labels_csv_sets_in_every_split(tmp_path):
+    from vaelab.experiment import ordered_batches, split_batches
+
+    rows = ["file,speaker"]
+    for i in range(12):
+        wavfile.write(tmp_path / f"{i:02d}.wav", 8000, np.full(40 + 10 * i, 100 * (i + 1), np.int16))
+        rows.append(f"{i:02d}.wav,{'ab'[i % 2]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = RunConfig(model=None, data=cfg(f"wav:{tmp_path}", valid_size=2, crop=32))
+    run.train.batch_size = 3
+    bundle = load_dataset(run.data)
+    b = split_batches(bundle, run, torch.device("cpu"), rank=0, world=1)
+    ordered = ordered_batches(bundle, "valid", 4, torch.device("cpu"))
+    seen = 0
+    for batches in (b.train, b.valid, b.test, ordered):
+        for batch in batches.epoch(0):
+            clip = (batch.audio[:, 0] * 32768 / 100).round().long() - 1
+            assert torch.equal(batch.labels["speaker"], clip % 2)
+            seen += len(batch)
+    assert seen == len(bundle.train) + 2 * len(bundle.valid) + len(bundle.test)
 
 
 # ----------------------------------------------------------------------------- through the run pipeline

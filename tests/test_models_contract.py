@@ -24,11 +24,13 @@ from vaelab.models.pixelcnn_prior import PixelCNNPriorConfig
 from vaelab.models.sentence_vae import LSTMLanguageModelConfig, SentenceVAEConfig
 from vaelab.models.vae import VAEConfig
 from vaelab.models.vqvae import VQVAEConfig
+from vaelab.models.vqvae_speech import SpeechVQVAEConfig
 from vaelab.models.wake_sleep import WakeSleepConfig
 from vaelab.spec import KINDS, DataSpec
 from vaelab.tokens import Sequences, TokenBatch
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.loop import build_optimizer
+from vaelab.waves import WaveBatch, Waveforms
 
 
 def _binary(shape):
@@ -58,6 +60,27 @@ def _codes(k, shape, n_classes=0):
         labels = torch.randint(0, n_classes, (b,), generator=g) if n_classes else None
         return CodeBatch(torch.randint(0, k, (b, *shape), generator=g), labels)
     return make
+
+
+_SPEAKERS = DataSpec((27,), "waveforms", extra={"sample_rate": 8000, "labels": {"speaker": ["a", "b", "c"]}})
+
+
+def _waves(width):
+    """b clips of noise (width // 3 to width samples, the first the widest), padded into a WaveBatch
+    with masks and a speaker each."""
+    def make(g, b):
+        lengths = torch.randint(width // 3, width + 1, (b,), generator=g)
+        lengths[0] = width
+        clips = [(0.3 * torch.randn(int(n), generator=g)).clamp(-1, 1) for n in lengths]
+        batch = Waveforms.from_clips(clips).pad(torch.arange(b))
+        speaker = torch.randint(3, (b,), generator=g)
+        return WaveBatch(batch.audio, batch.lengths, batch.mask, {"speaker": speaker})
+    return make
+
+
+def _form(v):
+    """The shape of a batch: a WaveBatch's audio (B, T), else the tensor's."""
+    return v.audio.shape if isinstance(v, WaveBatch) else v.shape
 
 
 def _event(x, b, px):
@@ -127,6 +150,16 @@ CASES = {
         # class-conditional (3 classes), 5x5 kernels
         (PixelCNNPriorConfig(channels=6, layers=3, kernel=5, class_conditional=True),
          DataSpec((4, 3), "codes", n_classes=3, extra={"codebook_size": 7}), _codes(7, (4, 3), 3)),
+    ],
+    "vqvae_speech": [
+        # EMA codebook, speaker-conditioned decoder; 24 samples are 6 codes of 4
+        (SpeechVQVAEConfig(hidden=8, res_blocks=1, res_channels=4, downsample=2, codebook_size=8, code_dim=3,
+                           speaker_dim=4), _SPEAKERS, _waves(24)),
+        # codebook by gradient, k-means initialisation and restarts, no speaker; 27 samples are padded
+        # to 32 (4 codes of 8) and the output cropped
+        (SpeechVQVAEConfig(hidden=8, res_blocks=2, res_channels=4, downsample=3, codebook_size=6, code_dim=2,
+                           quantizer="vq", kmeans_iters=2, restart_after=1, condition_on_speaker=False),
+         DataSpec((27,), "waveforms", extra={"sample_rate": 8000, "labels": {}}), _waves(27)),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),
@@ -207,7 +240,7 @@ def test_declared_interfaces_hold(name, i):
         se = (lw.var(0) / 4000 + direct.var(0) / 4000).sqrt()
         assert ((lw.mean(0) - direct.mean(0)).abs() < 5 * se + 1e-4).all()
     if isinstance(model, Reconstructing):
-        assert model.reconstruct(x).shape == x.shape
+        assert _form(model.reconstruct(x)) == _form(x)
     if isinstance(model, Sampling):
         drawn = model.sample(4)
         if model.spec.kind == "tokens":  # sentences as strings
@@ -220,7 +253,11 @@ def test_declared_interfaces_hold(name, i):
         codes = model.encode_codes(x)
         assert codes.dtype == torch.long and codes.shape[0] == b
         assert codes.min() >= 0 and codes.max() < model.codebook_size
-        assert model.decode_codes(codes).shape == x.shape
+        decoded = model.decode_codes(codes)
+        if isinstance(x, WaveBatch):  # T' codes decode to T' times the stride, at least the width
+            assert decoded.audio.shape[0] == b and decoded.audio.shape[1] >= x.audio.shape[1]
+        else:
+            assert decoded.shape == x.shape
     if isinstance(model, AutoregressivePrior):
         y = torch.arange(3) % model.n_classes if model.n_classes else None
         c = model.sample(3, y)

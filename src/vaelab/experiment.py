@@ -199,21 +199,26 @@ def _sequence_batches(bundle: SequenceBundle, cfg: RunConfig, device: torch.devi
 @split_batches.register
 def _waveform_batches(bundle: WaveformBundle, cfg: RunConfig, device: torch.device, *, rank: int, world: int
                       ) -> SplitBatches:
-    # training sees random crops of data.crop samples; validation and test score whole clips
+    # training sees random crops of data.crop samples; validation and test score whole clips; every
+    # batch carries its clips' label sets (a speaker-conditioned decoder needs the speaker)
     ebs = cfg.eval.batch_size
     train = WaveformBatches(bundle.train, cfg.train.batch_size, crop=cfg.data.crop, shuffle=True,
-                            seed=cfg.train.seed, device=device, rank=rank, world=world)
+                            seed=cfg.train.seed, device=device, rank=rank, world=world,
+                            labels=bundle.label_sets("train"))
     valid = (
-        WaveformBatches(bundle.valid, ebs, shuffle=False, device=device, rank=rank, world=world)
+        WaveformBatches(bundle.valid, ebs, shuffle=False, device=device, rank=rank, world=world,
+                        labels=bundle.label_sets("valid"))
         if bundle.valid is not None and len(bundle.valid) >= world
         else None
     )
     test_clips, test_labels = bundle.split("test")
+    test_sets = bundle.label_sets("test")
     if test_clips is not None and cfg.eval.max_examples and cfg.eval.max_examples < len(test_clips):
         test_clips = test_clips.subset(torch.arange(cfg.eval.max_examples))
         test_labels = test_labels[: cfg.eval.max_examples] if test_labels is not None else None
+        test_sets = {k: v[: cfg.eval.max_examples] for k, v in test_sets.items()}
     test = (
-        WaveformBatches(test_clips, ebs, shuffle=False, device=device)
+        WaveformBatches(test_clips, ebs, shuffle=False, device=device, labels=test_sets)
         if test_clips is not None and len(test_clips)
         else None
     )
@@ -276,7 +281,7 @@ def _ordered_waveforms(bundle: WaveformBundle, split: str, batch_size: int, devi
     clips, _ = bundle.split(split)
     if clips is None or not len(clips):
         return None
-    return WaveformBatches(clips, batch_size, shuffle=False, device=device)
+    return WaveformBatches(clips, batch_size, shuffle=False, device=device, labels=bundle.label_sets(split))
 
 
 @ordered_batches.register

@@ -7,12 +7,35 @@ them without knowing each other (as :mod:`vaelab.tokens` does for text).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["Waveforms", "WaveBatch"]
+__all__ = ["Waveforms", "WaveBatch", "MU_LAW_LEVELS", "mu_law_encode", "mu_law_decode"]
+
+MU_LAW_LEVELS = 256
+"""Levels of 8-bit mu-law audio (mu = 255)."""
+
+
+def mu_law_encode(x: Tensor, levels: int = MU_LAW_LEVELS) -> Tensor:
+    """Mu-law levels of samples: x (...) float in [-1, 1] (clipped) -> (...) int64 in [0, levels).
+
+    y = sign(x) ln(1 + mu |x|) / ln(1 + mu), mu = levels - 1 (the continuous companding curve of
+    ITU-T G.711; WaveNet, van den Oord et al. 2016, eq. 2), then k = round((y + 1) / 2 * mu)."""
+    mu = levels - 1
+    x = x.clamp(-1.0, 1.0)
+    y = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+    return torch.round((y + 1) / 2 * mu).long()
+
+
+def mu_law_decode(k: Tensor, levels: int = MU_LAW_LEVELS) -> Tensor:
+    """The sample each mu-law level stands for: k (...) integer in [0, levels) -> (...) float32 in
+    [-1, 1], the inverse of :func:`mu_law_encode`'s curve at y = 2k / mu - 1."""
+    mu = levels - 1
+    y = 2 * k.to(torch.float32) / mu - 1
+    return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
 
 
 @dataclass(frozen=True)
@@ -92,11 +115,20 @@ class WaveBatch:
     audio: (B, T) float32 samples in [-1, 1]; positions t >= lengths[b] hold 0.
     lengths: (B,) int64, the real samples of each row.
     mask: (B, T) bool, True at the positions t < lengths[b] (the real samples).
+    labels: label set name -> (B,) int64, the value of each row's clip (a crop carries its clip's),
+        e.g. ``{"digit": ..., "speaker": ...}``; empty when the data have no labels.
     """
 
     audio: Tensor
     lengths: Tensor
     mask: Tensor
+    labels: dict[str, Tensor] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for name, values in self.labels.items():
+            if values.shape != self.lengths.shape:
+                raise ValueError(f"label set {name!r} has shape {tuple(values.shape)}, the batch "
+                                 f"{tuple(self.lengths.shape)}; give one value per row")
 
     def __len__(self) -> int:
         return self.audio.shape[0]
@@ -108,9 +140,12 @@ class WaveBatch:
     def split(self, size: int) -> tuple[WaveBatch, ...]:
         """Consecutive pieces of at most ``size`` rows (as ``Tensor.split`` along the batch); the
         width is kept, so fixed-length crops stay fixed-length."""
+        labels = {k: v.split(size) for k, v in self.labels.items()}
         return tuple(
-            WaveBatch(a, n, m)
-            for a, n, m in zip(self.audio.split(size), self.lengths.split(size), self.mask.split(size))
+            WaveBatch(a, n, m, {k: v[i] for k, v in labels.items()})
+            for i, (a, n, m) in enumerate(
+                zip(self.audio.split(size), self.lengths.split(size), self.mask.split(size))
+            )
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> WaveBatch:
@@ -118,4 +153,5 @@ class WaveBatch:
             self.audio.to(device, non_blocking=non_blocking),
             self.lengths.to(device, non_blocking=non_blocking),
             self.mask.to(device, non_blocking=non_blocking),
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.labels.items()},
         )

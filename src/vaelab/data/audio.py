@@ -233,6 +233,12 @@ class WaveformBundle(Bundle):
             raise ValueError(f"split must be train, valid or test, got {which!r}")
         return getattr(self, f"{which}_labels").get(label_set)
 
+    def label_sets(self, which: str) -> dict[str, torch.Tensor]:
+        """Every label set of split ``which``: set name -> (N,) int64 (empty without labels)."""
+        if which not in _SPLITS:
+            raise ValueError(f"split must be train, valid or test, got {which!r}")
+        return dict(getattr(self, f"{which}_labels"))
+
     def split(self, which: str) -> tuple[Waveforms | None, torch.Tensor | None]:
         """``(clips, labels)`` of ``"train"``, ``"valid"`` or ``"test"``; the labels are those of the
         first label set (FSDD: the digit), None without labels."""

@@ -15,13 +15,16 @@ taken whole from its start, zero-padded to C, and its mask marks the L real samp
 ``crop = 0`` a batch holds whole clips zero-padded to the longest of them, with a mask (evaluation:
 every sample is scored once). Batch ``b`` of epoch ``e`` is thus the same however the epoch is
 reached: a run resumed at batch k sees exactly the batches k, k+1, ... an uninterrupted run would.
+Label sets given with the clips (``labels``, e.g. FSDD's ``digit`` and ``speaker``) travel in every
+batch (``WaveBatch.labels``): each row, a crop or a whole clip, carries its clip's values.
 The batcher exposes what the trainer uses of :class:`~vaelab.train.batching.TensorBatches`:
 ``epoch(e, start)`` and ``len``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -49,6 +52,7 @@ class WaveformBatches:
         the batch (evaluation). Batches are (B, crop) or (B, longest).
     shuffle: a fresh permutation of the clips every epoch.
     rank, world: this process's shard for data-parallel training.
+    labels: label sets of the clips, set name -> (N,) int64; every batch carries its rows' values.
     """
 
     def __init__(
@@ -63,12 +67,19 @@ class WaveformBatches:
         device: torch.device | str | None = None,
         rank: int = 0,
         world: int = 1,
+        labels: Mapping[str, Tensor] | None = None,
     ):
         if len(waveforms) == 0:
             raise ValueError("cannot batch an empty set of waveforms")
         if batch_size < 1 or crop < 0 or not 0 <= rank < world:
             raise ValueError(f"bad batching: batch_size {batch_size}, crop {crop}, rank {rank} of {world}")
         self.waveforms = waveforms.to(device) if device is not None else waveforms
+        for name, values in (labels or {}).items():
+            if values.shape != (len(waveforms),):
+                raise ValueError(f"label set {name!r} has shape {tuple(values.shape)} for "
+                                 f"{len(waveforms)} clips; give one value per clip")
+        where = self.waveforms.flat.device
+        self.labels = {k: v.to(where, torch.int64) for k, v in (labels or {}).items()}
         self._lengths = waveforms.lengths.cpu()
         self.batch_size = batch_size
         self.crop = crop
@@ -108,9 +119,14 @@ class WaveformBatches:
         """Batch ``b`` of ``epoch``: crops of its clips, or the whole clips padded."""
         index = self.plan(epoch)[b]
         if not self.crop:
-            return self.waveforms.pad(index)
-        g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b, self.rank))
-        return self.waveforms.window(index, random_starts(self._lengths[index], self.crop, g), self.crop)
+            batch = self.waveforms.pad(index)
+        else:
+            g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b, self.rank))
+            batch = self.waveforms.window(index, random_starts(self._lengths[index], self.crop, g), self.crop)
+        if not self.labels:
+            return batch
+        rows = index.to(batch.device)
+        return replace(batch, labels={k: v[rows] for k, v in self.labels.items()})
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[WaveBatch]:
         """Batches ``start, start+1, ...`` of epoch ``epoch``."""

@@ -1,0 +1,535 @@
+"""The speech VQ-VAE of van den Oord, Vinyals & Kavukcuoglu (2017), "Neural Discrete Representation
+Learning", Section 4.3, at small scale: discrete codes of raw waveforms, decoded with a speaker.
+
+Encoder (Section 4.3: "6 strided convolutions with stride 2 and window-size 4"): ``downsample``
+Conv1d(window 4, stride 2, padding 1) with ReLUs, a window-3 convolution, a residual stack of 1-D
+blocks (ReLU, window-3 conv, ReLU, 1x1 conv) and a 1x1 convolution to the code dimension D. With the
+default ``downsample = 6`` the stride is m = 64: 8 kHz audio becomes 125 codes a second. The vectors
+z_e (B, D, T') are quantised (``vaelab.quantizers``: ``VectorQuantizerEMA`` or ``VectorQuantizer``).
+
+Decoder: the paper's is a WaveNet conditioned on the codes and a one-hot speaker; this one is the
+encoder's mirror, not autoregressive: a window-3 convolution from D, a residual stack, and
+``downsample`` transposed convolutions (window 4, stride 2) up to the likelihood's two parameters per
+sample. It is conditioned on the speaker as WaveNet's global conditioning is (van den Oord et al.
+2016, Section 2.5, a V^T h term in every layer): a learned embedding s (n_speakers, speaker_dim),
+mapped by a bias-free linear map per layer to that layer's channels and added to its input, so the
+codes need not carry who speaks; decoding the codes of one speaker with another's embedding is voice
+conversion (``convert``). ``n_speakers`` is the number of names in the data's
+``spec.extra["labels"]["speaker"]``; batches carry each clip's speaker in ``WaveBatch.labels``.
+
+Lengths: a clip of L samples has n = ceil(L / m) codes. The audio (B, T) is zero-padded at the end to
+T' m, T' = ceil(T / m), and the decoder's output cropped back to T. Every layer's output is set to 0
+past a row's real extent at that layer's resolution (ceil(L / stride) positions), and only the n real
+code vectors of each row reach the quantizer, so a clip's loss, codes and reconstruction do not depend
+on the padding its batch adds (nor do the codebook's statistics).
+
+Likelihood p(x|z_q, s), per sample, independent given the codes and the speaker: the sample's 8-bit
+mu-law level k (``vaelab.waves.mu_law_encode``, 256 levels) is a discretized logistic over the levels
+k / 255 with decoded mean and log-scale (``vaelab.distributions.DiscretizedLogistic``, edge bins
+open). A probability of each level, so -log p is a code length: the model is of the clips quantised
+to 8-bit mu-law (what WaveNet and the paper model), and the bits per sample the evaluation reports
+are an upper bound for those (at most 8 for a sensible model). Padded samples never count.
+
+Loss (eq. 3, in nats per clip like every vaelab loss):
+    -sum_t log p(x_t | z_q, s) + ||sg[z_e] - e||^2 (``vq`` only) + beta ||z_e - sg[e]||^2,
+the first sum over the clip's real samples, the others over its n real code positions (and D); the
+batch mean is minimised. The bound reported as ``elbo`` (Section 3.1): q(z|x) is one-hot and p(z)
+uniform over the K^n code sequences, so KL = n log K, counting only the code positions that cover real
+samples, and log p(x) >= log p(x|z_q, s) - n log K; the evaluation turns it into bits per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaelab.distributions import DiscretizedLogistic, DiscretizedLogisticHead
+from vaelab.errors import VaelabError
+from vaelab.models.base import (
+    DiscreteCodeModel,
+    LossOutput,
+    Model,
+    ModelConfig,
+    Reconstructing,
+    ReportInputs,
+    register_model,
+)
+from vaelab.quantizers import (
+    CodebookQuantizer,
+    CodeUsage,
+    Quantized,
+    VectorQuantizer,
+    VectorQuantizerEMA,
+    nearest_code,
+)
+from vaelab.sections import AudioSection, LinesSection, Section, wav_bytes
+from vaelab.spec import DataSpec
+from vaelab.waves import MU_LAW_LEVELS, WaveBatch, mu_law_decode, mu_law_encode
+
+__all__ = ["SpeechVQVAEConfig", "SpeechVQVAE", "QuantizedClips", "build_quantizer", "mu_law_logistic_mean"]
+
+_QUANTIZERS = ("ema", "vq")
+
+
+@dataclass
+class SpeechVQVAEConfig(ModelConfig):
+    """Settings of the speech VQ-VAE (module docstring for the architecture).
+
+    hidden: channels of the encoder's and decoder's convolutions; every stride-2 convolution but the
+        innermost (and its transposed mirror) has hidden // 2.
+    res_blocks / res_channels: residual blocks in each stack, and the width of their window-3 conv.
+    downsample: stride-2 convolutions; a clip of L samples has ceil(L / 2^downsample) codes.
+    codebook_size: K. code_dim: D.
+    quantizer: ``ema`` (codebook as moving averages, App. A.1) or ``vq`` (learned by gradient, eq. 3).
+    beta: commitment weight. ema_decay: gamma of the EMA quantizer (unused with ``vq``).
+    kmeans_iters: > 0 initialises the codebook by k-means of the first training batch's encoder
+        outputs with this many Lloyd iterations; 0 keeps the random N(0, 1) codebook.
+    restart_after: re-seed a code unused for this many training steps (0: never).
+    condition_on_speaker: the decoder adds a learned speaker embedding in every layer (needs the
+        data's ``speaker`` labels); false decodes from the codes alone.
+    speaker_dim: size of the speaker embedding.
+    """
+
+    name: str = "vqvae_speech"
+    hidden: int = 128
+    res_blocks: int = 2
+    res_channels: int = 32
+    downsample: int = 6
+    codebook_size: int = 256
+    code_dim: int = 64
+    quantizer: Literal["ema", "vq"] = "ema"
+    beta: float = 0.25
+    ema_decay: float = 0.99
+    kmeans_iters: int = 0
+    restart_after: int = 0
+    condition_on_speaker: bool = True
+    speaker_dim: int = 32
+
+    def validate(self, prefix: str) -> None:
+        for key in ("hidden", "res_channels", "downsample", "code_dim", "speaker_dim"):
+            if getattr(self, key) < 1:
+                raise VaelabError(f"{prefix}.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.downsample > 1 and self.hidden < 2:
+            raise VaelabError(f"{prefix}.hidden must be >= 2 with downsample > 1 (the outer convolutions "
+                              f"have hidden // 2 channels), got {self.hidden}")
+        if self.codebook_size < 2:
+            raise VaelabError(f"{prefix}.codebook_size must be >= 2 codes, got {self.codebook_size}")
+        for key in ("res_blocks", "kmeans_iters", "restart_after"):
+            if getattr(self, key) < 0:
+                raise VaelabError(f"{prefix}.{key} must be >= 0 (0 turns it off), got {getattr(self, key)}")
+        if not self.beta >= 0:
+            raise VaelabError(f"{prefix}.beta must be >= 0 (0.25 in the paper), got {self.beta}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0.99 in the paper), "
+                              f"got {self.ema_decay}")
+        if self.quantizer not in _QUANTIZERS:
+            raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(map(repr, _QUANTIZERS))}; "
+                              f"got {self.quantizer!r}")
+
+
+def build_quantizer(cfg: SpeechVQVAEConfig) -> CodebookQuantizer:
+    """The quantizer ``cfg.quantizer`` names, with the config's codebook settings."""
+    common = dict(num_codes=cfg.codebook_size, dim=cfg.code_dim, beta=cfg.beta,
+                  kmeans_iters=cfg.kmeans_iters, restart_after=cfg.restart_after)
+    if cfg.quantizer == "ema":
+        return VectorQuantizerEMA(**common, decay=cfg.ema_decay)
+    return VectorQuantizer(**common)
+
+
+# ----------------------------------------------------------------------------- likelihood
+def mu_law_logistic_mean(loc: Tensor, log_scale: Tensor) -> Tensor:
+    """E[x] in samples of a discretized logistic over the 256 mu-law levels u_k = k / 255: loc,
+    log_scale (...) -> (...) float in [-1, 1].
+
+    With v_k = mu_law_decode(k), E[x] = v_0 + sum_{k=1}^{255} P(K >= k) (v_k - v_{k-1}) and
+    P(K >= k) = 1 - F((k - 1/2) / 255) (edge bins open, as ``DiscretizedLogistic``): 255 elementwise
+    passes, no (256, ...) tensor."""
+    v = mu_law_decode(torch.arange(MU_LAW_LEVELS, device=loc.device)).to(loc.dtype)
+    steps = (v[1:] - v[:-1]).tolist()
+    inv_scale = torch.exp(-log_scale.clamp(-20.0, 20.0))
+    total = torch.full_like(loc, float(v[0]))
+    for k, dv in enumerate(steps, start=1):
+        total = total + dv * torch.sigmoid((loc - (k - 0.5) / 255) * inv_scale)
+    return total
+
+
+def _levels(audio: Tensor) -> Tensor:
+    """Samples (B, T) in [-1, 1] -> their mu-law levels as the values k / 255 the logistic scores."""
+    return mu_law_encode(audio).to(audio.dtype) / (MU_LAW_LEVELS - 1)
+
+
+# ----------------------------------------------------------------------------- networks
+def _ceil_div(n: Tensor, d: int) -> Tensor:
+    return torch.div(n + d - 1, d, rounding_mode="floor")
+
+
+def _keep(h: Tensor, n: Tensor) -> Tensor:
+    """h (B, C, T) with positions t >= n[b] set to 0, n (B,)."""
+    return h * (torch.arange(h.shape[-1], device=h.device) < n[:, None]).unsqueeze(1).to(h.dtype)
+
+
+def _widths(cfg: SpeechVQVAEConfig) -> list[int]:
+    """Channels after each stride-2 convolution of the encoder: hidden // 2 ..., then hidden."""
+    return [cfg.hidden // 2] * (cfg.downsample - 1) + [cfg.hidden]
+
+
+def _residual_blocks(cfg: SpeechVQVAEConfig) -> nn.ModuleList:
+    """Blocks x <- x + conv1(relu(conv3(relu(x)))) (Section 4.1's "ReLU, 3x3 conv, ReLU, 1x1 conv",
+    in 1-D); applied with a mask after each block (``_run_blocks``)."""
+    return nn.ModuleList(
+        nn.Sequential(nn.ReLU(), nn.Conv1d(cfg.hidden, cfg.res_channels, 3, padding=1), nn.ReLU(),
+                      nn.Conv1d(cfg.res_channels, cfg.hidden, 1))
+        for _ in range(cfg.res_blocks)
+    )
+
+
+def _run_blocks(blocks: nn.ModuleList, h: Tensor, n: Tensor) -> Tensor:
+    for block in blocks:
+        h = _keep(h + block(h), n)
+    return torch.relu(h)
+
+
+class SpeechEncoder(nn.Module):
+    """x (B, 1, T), T a multiple of m = 2^downsample, lengths (B,) real samples -> z_e (B, D, T / m),
+    zero past each row's ceil(L / m) real code positions."""
+
+    def __init__(self, cfg: SpeechVQVAEConfig):
+        super().__init__()
+        self.down = nn.ModuleList()
+        c = 1
+        for w in _widths(cfg):
+            self.down.append(nn.Conv1d(c, w, 4, stride=2, padding=1))
+            c = w
+        self.conv = nn.Conv1d(c, cfg.hidden, 3, padding=1)
+        self.blocks = _residual_blocks(cfg)
+        self.out = nn.Conv1d(cfg.hidden, cfg.code_dim, 1)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h = x
+        for i, conv in enumerate(self.down, start=1):
+            h = _keep(torch.relu(conv(h)), _ceil_div(lengths, 2**i))
+        n = _ceil_div(lengths, 2 ** len(self.down))
+        h = _run_blocks(self.blocks, _keep(self.conv(h), n), n)
+        return _keep(self.out(h), n)
+
+
+class SpeechDecoder(nn.Module):
+    """z_q (B, D, T'), speaker (B,) long or None, lengths (B,) real samples -> (B, 2, T' m), the
+    discretized logistic's mean (in the levels' [0, 1] scale) and raw log-scale of every sample.
+
+    ``n_speakers`` 0: no speaker embedding; else one (n_speakers, speaker_dim), added through a
+    bias-free linear map to the input of every layer after the first convolution."""
+
+    def __init__(self, cfg: SpeechVQVAEConfig, n_speakers: int):
+        super().__init__()
+        self.conv = nn.Conv1d(cfg.code_dim, cfg.hidden, 3, padding=1)
+        self.blocks = _residual_blocks(cfg)
+        widths = list(reversed(_widths(cfg)))  # hidden, hidden // 2, ...
+        outs = widths[1:] + [DiscretizedLogisticHead.params_per_dim]
+        self.up = nn.ModuleList(
+            nn.ConvTranspose1d(w, o, 4, stride=2, padding=1) for w, o in zip(widths, outs)
+        )
+        self.speaker = nn.Embedding(n_speakers, cfg.speaker_dim) if n_speakers else None
+        # one projection for the residual stack's input and one for each transposed convolution's
+        self.condition = nn.ModuleList(
+            nn.Linear(cfg.speaker_dim, c, bias=False) for c in [cfg.hidden, *widths]
+        ) if n_speakers else None
+
+    def forward(self, z_q: Tensor, speaker: Tensor | None, lengths: Tensor) -> Tensor:
+        bias: list[Tensor | int] = [0] * (len(self.up) + 1)
+        if self.speaker is not None and self.condition is not None:
+            if speaker is None:
+                raise VaelabError("this decoder is conditioned on the speaker; give each clip's speaker")
+            s = self.speaker(speaker)  # (B, speaker_dim)
+            bias = [proj(s).unsqueeze(-1) for proj in self.condition]  # V^T s, (B, C, 1) each
+        m = 2 ** len(self.up)
+        n = _ceil_div(lengths, m)
+        h = _run_blocks(self.blocks, _keep(self.conv(z_q) + bias[0], n), n)
+        for i, conv in enumerate(self.up):
+            # the speaker's term is masked too: past a row's end the input must be 0, as it is past
+            # the tensor's end when the clip is batched alone
+            h = conv(_keep(h + bias[i + 1], _ceil_div(lengths, m // 2**i)))
+            if i < len(self.up) - 1:
+                h = torch.relu(h)
+        return h
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class QuantizedClips:
+    """The quantizer's output regrouped by clip, for a batch (B, T) with T' = ceil(T / m) codes a row.
+
+    z_q: (B, D, T') code vectors at the real code positions (straight-through gradient), 0 past them.
+    codes: (B, T') long, the nearest codes at the real positions, 0 past them.
+    n_codes: (B,) long, the real code positions of each row, ceil(L / m).
+    commitment: (B,) beta ||z_e - sg[e]||^2 summed over the row's real code positions.
+    codebook: (B,) ||sg[z_e] - e||^2 likewise (``vq`` only), else None.
+    vectors: the quantizer's own output for the N = sum(n_codes) real vectors (batch metrics).
+    """
+
+    z_q: Tensor
+    codes: Tensor
+    n_codes: Tensor
+    commitment: Tensor
+    codebook: Tensor | None
+    vectors: Quantized
+
+
+@final
+@register_model("vqvae_speech")
+class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
+    """The speech VQ-VAE (module docstring). A batch is a :class:`~vaelab.waves.WaveBatch` (B, T) of
+    clips or crops with masks, carrying ``labels["speaker"]`` (B,) when the decoder is conditioned;
+    codes are (B, ceil(T / 2^downsample)) long. No ``Sampling``: the uniform prior over codes draws
+    noise; samples come from a prior fitted to the codes afterwards."""
+
+    Config = SpeechVQVAEConfig
+    data_kinds = frozenset({"waveforms"})
+
+    def __init__(self, config: SpeechVQVAEConfig, spec: DataSpec):
+        super().__init__(config, spec)
+        config.validate("model")
+        names = (spec.extra.get("labels") or {}).get("speaker") or []
+        if config.condition_on_speaker and not names:
+            raise VaelabError("model.condition_on_speaker = true needs the data's speaker labels, and these "
+                              "data have none; give a labels.csv with a speaker column (wav:PATH) or set "
+                              "model.condition_on_speaker = false")
+        self.speaker_names: list[str] = list(names) if config.condition_on_speaker else []
+        self.stride = 2**config.downsample
+        self.encoder = SpeechEncoder(config)
+        self.quantizer = build_quantizer(config)
+        self.decoder = SpeechDecoder(config, len(self.speaker_names))
+        self.head = DiscretizedLogisticHead()
+
+    # ------------------------------------------------------------------ the pieces
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def n_speakers(self) -> int:
+        """Speakers the decoder knows (0 when it is not conditioned)."""
+        return len(self.speaker_names)
+
+    def code_lengths(self, lengths: Tensor) -> Tensor:
+        """Real code positions of clips of ``lengths`` (B,) samples: ceil(L / m), (B,) long."""
+        return _ceil_div(lengths, self.stride)
+
+    def speakers_of(self, batch: WaveBatch) -> Tensor | None:
+        """The batch's speakers (B,) long, or None when the decoder is not conditioned on them."""
+        if not self.n_speakers:
+            return None
+        speaker = batch.labels.get("speaker")
+        if speaker is None:
+            raise VaelabError("the decoder is conditioned on the speaker but the batch carries no "
+                              "'speaker' labels; batch the clips with their label sets "
+                              "(WaveformBatches(..., labels=bundle.label_sets(split)))")
+        return speaker
+
+    def _speaker_tensor(self, speaker: int | Tensor | None, b: int, device: torch.device) -> Tensor | None:
+        if not self.n_speakers:
+            return None
+        s = torch.as_tensor(0 if speaker is None else speaker, dtype=torch.long, device=device)
+        s = s.expand(b) if s.dim() == 0 else s
+        if s.shape != (b,) or bool(((s < 0) | (s >= self.n_speakers)).any()):
+            raise VaelabError(f"speaker must be an int or (B,) = ({b},) values in [0, {self.n_speakers}); "
+                              f"got {s.tolist() if s.numel() <= 8 else tuple(s.shape)}")
+        return s
+
+    def encode_vectors(self, batch: WaveBatch) -> Tensor:
+        """z_e: (B, T) -> (B, D, T'), T' = ceil(T / m); the audio zero-padded to T' m first; 0 past
+        each row's real code positions."""
+        t = batch.audio.shape[-1]
+        padded = F.pad(batch.audio, (0, -(-t // self.stride) * self.stride - t))
+        return self.encoder(padded.unsqueeze(1), batch.lengths)
+
+    def quantize(self, batch: WaveBatch) -> QuantizedClips:
+        """Quantise the real code vectors of a batch (B, T); in training mode this updates the
+        codebook's state (EMA statistics, k-means initialisation, restarts) from them alone."""
+        z_e = self.encode_vectors(batch)  # (B, D, T')
+        b, _, t = z_e.shape
+        n = self.code_lengths(batch.lengths)
+        real = torch.arange(t, device=z_e.device) < n[:, None]  # (B, T')
+        rows, steps = real.nonzero(as_tuple=True)
+        q = self.quantizer(z_e.movedim(1, -1)[rows, steps])  # N vectors (N, D)
+        z_q = z_e.new_zeros(b, t, z_e.shape[1]).index_put((rows, steps), q.z_q).movedim(-1, 1)
+        codes = torch.zeros(b, t, dtype=torch.long, device=z_e.device).index_put((rows, steps), q.codes)
+
+        def per_clip(per_vector: Tensor) -> Tensor:
+            return per_vector.new_zeros(b).index_add(0, rows, per_vector)
+
+        return QuantizedClips(z_q, codes, n, per_clip(q.commitment),
+                              None if q.codebook is None else per_clip(q.codebook), q)
+
+    def decoder_output(self, z_q: Tensor, speaker: Tensor | None, lengths: Tensor, width: int) -> Tensor:
+        """The logistic's parameters: z_q (B, D, T'), speaker (B,) or None, lengths (B,) ->
+        (B, 2, width), width <= T' m."""
+        return self.decoder(z_q, speaker, lengths)[..., :width]
+
+    def log_prob(self, out: Tensor, batch: WaveBatch) -> Tensor:
+        """log p(x|z_q, s) of the real samples: out (B, 2, T), batch (B, T) -> (B,) nats."""
+        loc, log_scale = _split(self.head, out)
+        lp = DiscretizedLogistic(loc, log_scale).log_prob(_levels(batch.audio))  # (B, T)
+        return (lp * batch.mask).sum(-1)  # padding is no evidence
+
+    def decode_mean(self, out: Tensor, lengths: Tensor) -> Tensor:
+        """E[x|z_q, s] in samples: out (B, 2, T) -> (B, T), 0 past each row's ``lengths``."""
+        mean = mu_law_logistic_mean(*_split(self.head, out))
+        return mean * (torch.arange(mean.shape[-1], device=mean.device) < lengths[:, None])
+
+    @torch.no_grad()
+    def encode_codes(self, x: WaveBatch) -> Tensor:
+        """Nearest codes of a batch (B, T): (B, T') long; positions past a row's real code positions
+        hold the code nearest the zero vector. Changes no state in either mode."""
+        z_e = self.encode_vectors(x)
+        z = z_e.movedim(1, -1).reshape(-1, self.config.code_dim)
+        return nearest_code(z, self.quantizer.codebook).view(z_e.shape[0], z_e.shape[2])
+
+    @torch.no_grad()
+    def decode_codes(self, codes: Tensor, speaker: int | Tensor | None = None,
+                     lengths: Tensor | None = None) -> WaveBatch:
+        """E[x|z_q, s] of codes (B, T') long, as a WaveBatch (B, T' m) whose rows have ``lengths``
+        (B,) real samples (default T' m each; the decoder treats code positions past
+        ceil(L / m) as padding) and, with a conditioned decoder, ``labels["speaker"]`` the speakers
+        decoded with.
+
+        speaker: an int for every row, or (B,) long; None: speaker 0 (the codes alone do not say who
+        spoke: pass each clip's own speaker, ``speakers_of(batch)``, to reconstruct it). Ignored
+        when the decoder is not conditioned."""
+        b, t = codes.shape
+        width = t * self.stride
+        if lengths is None:
+            lengths = torch.full((b,), width, dtype=torch.long, device=codes.device)
+        n = self.code_lengths(lengths)
+        z_q = _keep(self.quantizer.lookup(codes), n)
+        s = self._speaker_tensor(speaker, b, codes.device)
+        audio = self.decode_mean(self.decoder_output(z_q, s, lengths, width), lengths)
+        mask = torch.arange(width, device=codes.device) < lengths[:, None]
+        return WaveBatch(audio, lengths, mask, {} if s is None else {"speaker": s})
+
+    def _decode_batch(self, x: WaveBatch, speaker: int | Tensor | None) -> WaveBatch:
+        """x decoded from its own codes with ``speaker``, cropped to x's width, labels kept (the
+        speaker's replaced)."""
+        out = self.decode_codes(self.encode_codes(x), speaker, x.lengths)
+        labels = dict(x.labels) | out.labels
+        t = x.audio.shape[-1]
+        return WaveBatch(out.audio[:, :t], x.lengths, x.mask, labels)
+
+    @torch.no_grad()
+    def reconstruct(self, x: WaveBatch) -> WaveBatch:
+        """E[x | z_q(x), s]: a WaveBatch like x (B, T), decoded from x's nearest codes with each
+        clip's own speaker; 0 at the padding."""
+        return self._decode_batch(x, self.speakers_of(x))
+
+    @torch.no_grad()
+    def convert(self, x: WaveBatch, target_speaker: int | Tensor) -> WaveBatch:
+        """Voice conversion: x (B, T) encoded, and decoded with ``target_speaker`` (an int, or (B,)
+        long) instead of each clip's own; a WaveBatch like x whose ``labels["speaker"]`` is the
+        target."""
+        if not self.n_speakers:
+            raise VaelabError("convert needs a decoder conditioned on the speaker; train with "
+                              "model.condition_on_speaker = true")
+        return self._decode_batch(x, target_speaker)
+
+    # ------------------------------------------------------------------ objective
+    def loss(self, batch: WaveBatch) -> LossOutput:
+        """Eq. 3 (module docstring) on a batch (B, T): per-clip terms (B,) in nats, the quantizer's
+        batch metrics (over the real code vectors) as extras."""
+        q = self.quantize(batch)
+        out = self.decoder_output(q.z_q, self.speakers_of(batch), batch.lengths, batch.audio.shape[-1])
+        log_px = self.log_prob(out, batch)  # (B,)
+        # KL(one-hot q(z|x) || uniform p(z)) = n log K over the real code positions (Section 3.1)
+        kl = q.n_codes.to(log_px.dtype) * math.log(self.config.codebook_size)
+        vq = q.commitment if q.codebook is None else q.commitment + q.codebook
+        return LossOutput(loss=(vq - log_px).mean(), elbo=log_px - kl, reconstruction=log_px, kl=kl,
+                          commitment=q.commitment, codebook=q.codebook, extras=q.vectors.metrics())
+
+    @torch.no_grad()
+    def code_usage(self, batches: Iterable[WaveBatch]) -> CodeUsage:
+        """Counts of the codes at the real code positions of every batch, summed over the processes
+        when ``torch.distributed`` is initialised."""
+        usage = CodeUsage(self.codebook_size, self.device)
+        for x in batches:
+            codes = self.encode_codes(x)
+            usage.update(codes[torch.arange(codes.shape[1], device=codes.device)
+                               < self.code_lengths(x.lengths)[:, None]])
+        usage.all_reduce()
+        return usage
+
+    def validation_metrics(self, batches: Iterable[WaveBatch]) -> dict[str, float]:
+        """Perplexity and usage of the codebook over the whole validation set (a batch's figures,
+        logged per step, understate them)."""
+        usage = self.code_usage(batches)
+        return {"codebook_perplexity": float(usage.perplexity()), "codebook_usage": float(usage.usage())}
+
+    @torch.no_grad()
+    def report_sections(self, inputs: ReportInputs) -> list[Section]:
+        """For the first 4 held-out clips: the original, its reconstruction and (with a conditioned
+        decoder) its conversion to the next speaker, as audio; and the code frequencies over all the
+        inputs, most used first."""
+        usage = self.code_usage(inputs.batches)
+        if not inputs.batches:
+            return [self._usage_section(usage)]
+        x = inputs.batches[0].split(4)[0]
+        rate = int(self.spec.extra.get("sample_rate", 8000))
+        rec = self.reconstruct(x)
+        conv = None
+        if self.n_speakers:
+            own = self.speakers_of(x)
+            assert own is not None
+            conv = self.convert(x, (own + 1) % self.n_speakers)
+        clips: list[bytes] = []
+        labels: list[str] = []
+
+        def wav(audio: Tensor, r: int) -> bytes:
+            return wav_bytes(audio[r, : int(x.lengths[r])].cpu().numpy(), rate)
+
+        for r in range(len(x)):
+            who = "" if conv is None else f", speaker {self.speaker_names[int(x.labels['speaker'][r])]}"
+            clips += [wav(x.audio, r), wav(rec.audio, r)]
+            labels += [f"clip {r + 1}{who}: original", f"clip {r + 1}: reconstruction"]
+            if conv is not None:
+                clips.append(wav(conv.audio, r))
+                target = self.speaker_names[int(conv.labels["speaker"][r])]
+                labels.append(f"clip {r + 1}: as speaker {target}")
+        what = "originals, reconstructions" + ("" if conv is None else " and conversions to the next speaker")
+        caption = (f"{len(x)} held-out clips at {rate} Hz: {what} (the decoder's mean E[x | codes, "
+                   f"speaker], from K = {self.config.codebook_size} codes at {rate / self.stride:g} codes "
+                   "a second).")
+        return [AudioSection(name="audio", title="Reconstructions and voice conversion", caption=caption,
+                             clips=clips, labels=labels),
+                self._usage_section(usage)]
+
+    def _usage_section(self, usage: CodeUsage) -> LinesSection:
+        counts = usage.counts.cpu().double()
+        freq = (counts / counts.sum().clamp_min(1)).sort(descending=True).values.numpy()
+        k = self.codebook_size
+        caption = (f"How often each of the K = {k} codes is used over the inputs' {int(counts.sum())} "
+                   f"code positions covering real samples, most used first: perplexity "
+                   f"{float(usage.perplexity()):.1f}, {int((counts > 0).sum())} of {k} codes used.")
+        return LinesSection(name="codebook_usage", title="Codebook usage", caption=caption,
+                            x=np.arange(1, k + 1), y=freq[None], labels=["frequency"],
+                            xlabel="code rank", ylabel="fraction of code positions")
+
+
+def _split(head: DiscretizedLogisticHead, out: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 2, T) decoder output -> (loc (B, T), log_scale (B, T)) in the levels' [0, 1] scale.
+
+    Offsets so that an untrained decoder (outputs near 0) starts sensibly: the mean at 0.5, the
+    middle level (silence), and the log-scale at ``_INIT_LOG_SCALE`` (a scale of 0.05, a standard
+    deviation of about 23 levels) rather than 0 (a scale of the whole range, from which Adam, moving
+    a bias by about ``lr`` a step, needs thousands of steps to come down); the log-scale is bounded
+    softly below as ``DiscretizedLogisticHead`` does."""
+    loc, raw = out.unbind(1)
+    return 0.5 + loc, head.min_log_scale + F.softplus(raw + _INIT_LOG_SCALE - head.min_log_scale)
+
+
+_INIT_LOG_SCALE = math.log(0.05)
+

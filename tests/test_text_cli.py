@@ -97,6 +97,7 @@ def test_several_sentences_and_save_into_the_report(text_run, capsys):
     assert hom.labels == ["0.00", "0.50", "1.00"] and "Table 8" in hom.title
     html = (text_run / "report.html").read_text(encoding="utf-8")
     assert "Table 7" in html and "Table 8" in html and "how are you doing ?" in html
+    assert "binarization" not in html  # the header names a binarization for image data only
     run(capsys, "reconstruct", str(text_run), "i went to the kitchen .", "--samples", "2", "--save")
     rec = {s.name: s for s in sections.read_sections(text_run)}["text_reconstruct"]
     assert rec.labels == ["input", "mean", "sample", "sample"]  # replaced, not appended

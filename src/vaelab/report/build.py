@@ -110,6 +110,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 # -------------------------------------------------------------------------------------------- sections
 
 
+def _data_kind(run: Path) -> str:
+    """The data kind the run's checkpoint records (``images`` when none says otherwise)."""
+    for which in ("best", "latest"):
+        try:
+            state = run / "checkpoints" / which / "state.json"
+            spec = json.loads(state.read_text(encoding="utf-8"))["spec"]
+            return str(spec.get("kind", "images"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return "images"
+
+
 def _subtitle(config: Mapping[str, Any], run: Path) -> str:
     parts = []
     model = config.get("model")
@@ -123,7 +135,8 @@ def _subtitle(config: Mapping[str, Any], run: Path) -> str:
         parts.append(f"model {model.get('name', '?')}" + (f" ({', '.join(facts)})" if facts else ""))
     data = config.get("data")
     if isinstance(data, Mapping):
-        extra = f" ({data['binarize']} binarization)" if data.get("binarize") else ""
+        binarized = data.get("binarize") and data.get("binarize") != "none" and _data_kind(run) == "images"
+        extra = f" ({data['binarize']} binarization)" if binarized else ""
         parts.append(f"data {data.get('name', '?')}{extra}")
     started = (run / "config.json").stat().st_mtime
     parts.append(f"run of {datetime.fromtimestamp(started):%Y-%m-%d %H:%M}")

@@ -7,7 +7,7 @@ ifneq ($(wildcard ../shared/data),)
 export VAELAB_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv demo test bench bench-lda lint clean
+.PHONY: venv demo test bench bench-lda bench-text lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: venv
 bench-lda: venv
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_lda.py
+
+bench-text: venv
+	$(BIN)/python benchmarks/bench_text.py --threads 2 --steps 800
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

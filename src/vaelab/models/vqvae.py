@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from vaelab.distributions import BernoulliHead, DiscretizedLogisticHead, GaussianHead
+from vaelab.distributions import BernoulliHead, DiscretizedLogisticHead, GaussianHead, LikelihoodHead
 from vaelab.errors import VaelabError
 from vaelab.models.base import (
     DiscreteCodeModel,
@@ -85,7 +85,39 @@ __all__ = [
     "GaussianPixels",
     "PIXEL_LIKELIHOODS",
     "DiscretizedLogisticPixels",
+    "build_quantizer",
+    "validate_vq_settings",
 ]
+
+
+def validate_vq_settings(cfg, prefix: str, positive: tuple[str, ...] = ()) -> None:
+    """The checks every convolutional VQ family's config shares (the image and the speech VQ-VAE):
+    widths, downsampling, codebook, quantizer and its settings; ``positive`` names more keys that must
+    be >= 1. One-line errors naming the key."""
+    for key in ("hidden", "res_channels", "downsample", "code_dim", *positive):
+        if getattr(cfg, key) < 1:
+            raise VaelabError(f"{prefix}.{key} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.downsample > 1 and cfg.hidden < 2:
+        raise VaelabError(f"{prefix}.hidden must be >= 2 with downsample > 1 (the outer convolutions "
+                          f"have hidden // 2 channels), got {cfg.hidden}")
+    if cfg.codebook_size < 2:
+        raise VaelabError(f"{prefix}.codebook_size must be >= 2 codes, got {cfg.codebook_size}")
+    for key in ("res_blocks", "kmeans_iters", "restart_after"):
+        if getattr(cfg, key) < 0:
+            raise VaelabError(f"{prefix}.{key} must be >= 0 (0 turns it off), got {getattr(cfg, key)}")
+    if not cfg.beta >= 0:
+        raise VaelabError(f"{prefix}.beta must be >= 0 (0.25 in the paper), got {cfg.beta}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0.99 in the paper), got {cfg.ema_decay}")
+    if cfg.quantizer not in QUANTIZERS:
+        raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(map(repr, QUANTIZERS))}; "
+                          f"got {cfg.quantizer!r}")
+
+
+def build_quantizer(cfg) -> CodebookQuantizer:
+    """The quantizer ``cfg.quantizer`` names, with the config's codebook settings (any config with
+    codebook_size, code_dim, beta, kmeans_iters, restart_after, ema_decay)."""
+    return QUANTIZERS[cfg.quantizer](cfg)
 
 
 @dataclass
@@ -123,25 +155,7 @@ class VQVAEConfig(ModelConfig):
     likelihood: Literal["bernoulli", "gaussian", "discretized_logistic"] = "bernoulli"
 
     def validate(self, prefix: str) -> None:
-        for key in ("hidden", "res_channels", "downsample", "code_dim"):
-            if getattr(self, key) < 1:
-                raise VaelabError(f"{prefix}.{key} must be a positive integer, got {getattr(self, key)}")
-        if self.downsample > 1 and self.hidden < 2:
-            raise VaelabError(f"{prefix}.hidden must be >= 2 with downsample > 1 (the outer convolutions "
-                              f"have hidden // 2 channels), got {self.hidden}")
-        if self.codebook_size < 2:
-            raise VaelabError(f"{prefix}.codebook_size must be >= 2 codes, got {self.codebook_size}")
-        for key in ("res_blocks", "kmeans_iters", "restart_after"):
-            if getattr(self, key) < 0:
-                raise VaelabError(f"{prefix}.{key} must be >= 0 (0 turns it off), got {getattr(self, key)}")
-        if not self.beta >= 0:
-            raise VaelabError(f"{prefix}.beta must be >= 0 (0.25 in the paper), got {self.beta}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0.99 in the paper), "
-                              f"got {self.ema_decay}")
-        if self.quantizer not in QUANTIZERS:
-            raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(map(repr, QUANTIZERS))}; "
-                              f"got {self.quantizer!r}")
+        validate_vq_settings(self, prefix)
         if self.likelihood not in PIXEL_LIKELIHOODS:
             names = ", ".join(map(repr, PIXEL_LIKELIHOODS))
             raise VaelabError(f"{prefix}.likelihood must be one of {names}; got {self.likelihood!r}")
@@ -179,12 +193,11 @@ class PixelLikelihood(nn.Module, ABC):
         """Raise VaelabError (naming the fix) when images ``x`` cannot come from this likelihood."""
 
 
-class BernoulliPixels(PixelLikelihood):
-    """Independent Bernoulli pixels with decoded logits (binary images)."""
+class _HeadPixels(PixelLikelihood):
+    """A likelihood that is one of ``vaelab.distributions``' heads over the decoder's output,
+    ``head`` set by the subclass."""
 
-    def __init__(self, channels: int):
-        super().__init__(channels)
-        self.head = BernoulliHead()
+    head: LikelihoodHead
 
     def distribution(self, out: Tensor) -> Distribution:
         return self.head(self._params(out), (self.channels, *out.shape[-2:]))
@@ -197,6 +210,14 @@ class BernoulliPixels(PixelLikelihood):
 
     def check_data(self, x: Tensor) -> None:
         self.head.check_data(x)
+
+
+class BernoulliPixels(_HeadPixels):
+    """Independent Bernoulli pixels with decoded logits (binary images)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.head = BernoulliHead()
 
 
 class GaussianPixels(PixelLikelihood):
@@ -225,7 +246,7 @@ class GaussianPixels(PixelLikelihood):
         return out
 
 
-class DiscretizedLogisticPixels(PixelLikelihood):
+class DiscretizedLogisticPixels(_HeadPixels):
     """8-bit pixels, each a discretized logistic over the 256 levels k/255 (Salimans et al. 2017), with
     a decoded mean and log-scale per pixel: a probability of the data, so its bits/dim is a real
     bound for 8-bit images (``vaelab.distributions.DiscretizedLogisticHead``)."""
@@ -235,18 +256,6 @@ class DiscretizedLogisticPixels(PixelLikelihood):
     def __init__(self, channels: int):
         super().__init__(channels)
         self.head = DiscretizedLogisticHead()
-
-    def distribution(self, out: Tensor) -> Distribution:
-        return self.head(self._params(out), (self.channels, *out.shape[-2:]))
-
-    def log_prob(self, out: Tensor, x: Tensor) -> Tensor:
-        return self.head.log_prob(self._params(out), x, tuple(x.shape[1:]))
-
-    def mean(self, out: Tensor) -> Tensor:
-        return self.head.mean(self._params(out), 3)
-
-    def check_data(self, x: Tensor) -> None:
-        self.head.check_data(x)
 
 
 PIXEL_LIKELIHOODS: dict[str, type[PixelLikelihood]] = {

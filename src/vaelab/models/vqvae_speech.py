@@ -61,21 +61,17 @@ from vaelab.models.base import (
     ReportInputs,
     register_model,
 )
+from vaelab.models.vqvae import build_quantizer, validate_vq_settings
 from vaelab.quantizers import (
-    CodebookQuantizer,
     CodeUsage,
     Quantized,
-    VectorQuantizer,
-    VectorQuantizerEMA,
     nearest_code,
 )
 from vaelab.sections import AudioSection, LinesSection, Section, wav_bytes
 from vaelab.spec import DataSpec
 from vaelab.waves import MU_LAW_LEVELS, WaveBatch, mu_law_decode, mu_law_encode
 
-__all__ = ["SpeechVQVAEConfig", "SpeechVQVAE", "QuantizedClips", "build_quantizer", "mu_law_logistic_mean"]
-
-_QUANTIZERS = ("ema", "vq")
+__all__ = ["SpeechVQVAEConfig", "SpeechVQVAE", "QuantizedClips", "mu_law_logistic_mean"]
 
 
 @dataclass
@@ -113,34 +109,7 @@ class SpeechVQVAEConfig(ModelConfig):
     speaker_dim: int = 32
 
     def validate(self, prefix: str) -> None:
-        for key in ("hidden", "res_channels", "downsample", "code_dim", "speaker_dim"):
-            if getattr(self, key) < 1:
-                raise VaelabError(f"{prefix}.{key} must be a positive integer, got {getattr(self, key)}")
-        if self.downsample > 1 and self.hidden < 2:
-            raise VaelabError(f"{prefix}.hidden must be >= 2 with downsample > 1 (the outer convolutions "
-                              f"have hidden // 2 channels), got {self.hidden}")
-        if self.codebook_size < 2:
-            raise VaelabError(f"{prefix}.codebook_size must be >= 2 codes, got {self.codebook_size}")
-        for key in ("res_blocks", "kmeans_iters", "restart_after"):
-            if getattr(self, key) < 0:
-                raise VaelabError(f"{prefix}.{key} must be >= 0 (0 turns it off), got {getattr(self, key)}")
-        if not self.beta >= 0:
-            raise VaelabError(f"{prefix}.beta must be >= 0 (0.25 in the paper), got {self.beta}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise VaelabError(f"{prefix}.ema_decay must be in [0, 1) (0.99 in the paper), "
-                              f"got {self.ema_decay}")
-        if self.quantizer not in _QUANTIZERS:
-            raise VaelabError(f"{prefix}.quantizer must be one of {', '.join(map(repr, _QUANTIZERS))}; "
-                              f"got {self.quantizer!r}")
-
-
-def build_quantizer(cfg: SpeechVQVAEConfig) -> CodebookQuantizer:
-    """The quantizer ``cfg.quantizer`` names, with the config's codebook settings."""
-    common = dict(num_codes=cfg.codebook_size, dim=cfg.code_dim, beta=cfg.beta,
-                  kmeans_iters=cfg.kmeans_iters, restart_after=cfg.restart_after)
-    if cfg.quantizer == "ema":
-        return VectorQuantizerEMA(**common, decay=cfg.ema_decay)
-    return VectorQuantizer(**common)
+        validate_vq_settings(self, prefix, positive=("speaker_dim",))
 
 
 # ----------------------------------------------------------------------------- likelihood

@@ -16,8 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab.errors import VaelabError
+
 __all__ = [
     "TensorBatches", "RepeatedBatches", "DynamicBinarize", "dynamic_binarize", "batch_seed", "grey_levels",
+    "shard_sizes",
 ]
 
 Transform = Callable[[Tensor, int], Tensor]
@@ -134,6 +137,18 @@ def _spare_words(n: int) -> int:
 
 
 dynamic_binarize = DynamicBinarize()
+
+
+def shard_sizes(n_items: int, batch_size: int, world: int, drop_last: bool, what: str) -> tuple[int, int]:
+    """(rows each of ``world`` processes takes, batches in its epoch) for ``n_items`` examples: every
+    rank takes the same number of rows (the remainder is left out), and an epoch has at least one
+    batch. A one-line error when there are fewer ``what`` than processes."""
+    rows = n_items // world
+    if rows == 0:
+        raise VaelabError(f"{n_items} {what} cannot be shared among {world} processes; "
+                          "use fewer processes or more data")
+    n = rows // batch_size if drop_last else -(-rows // batch_size)
+    return rows, max(1, n)
 
 
 class TensorBatches:

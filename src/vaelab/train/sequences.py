@@ -24,9 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from vaelab.errors import VaelabError
 from vaelab.tokens import Sequences, TokenBatch
-from vaelab.train.batching import batch_seed
+from vaelab.train.batching import batch_seed, shard_sizes
 
 __all__ = ["SequenceBatches"]
 
@@ -69,14 +68,7 @@ class SequenceBatches:
         self.seed = seed
         self.bucket_batches = bucket_batches
         self.rank, self.world = rank, world
-        self.n_rows = len(sequences) // world
-        if self.n_rows == 0:
-            raise VaelabError(
-                f"{len(sequences)} sequences cannot be shared among {world} processes; "
-                "use fewer processes or more data"
-            )
-        n = self.n_rows // batch_size if drop_last else -(-self.n_rows // batch_size)
-        self.n_batches = max(1, n)
+        self.n_rows, self.n_batches = shard_sizes(len(sequences), batch_size, world, drop_last, "sequences")
         self._plan_key: tuple | None = None
         self._plan: list[Tensor] = []
 

@@ -29,8 +29,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from vaelab.errors import VaelabError
-from vaelab.train.batching import batch_seed
+from vaelab.train.batching import batch_seed, shard_sizes
 from vaelab.waves import WaveBatch, Waveforms
 
 __all__ = ["WaveformBatches", "random_starts"]
@@ -87,14 +86,7 @@ class WaveformBatches:
         self.drop_last = drop_last
         self.seed = seed
         self.rank, self.world = rank, world
-        self.n_rows = len(waveforms) // world
-        if self.n_rows == 0:
-            raise VaelabError(
-                f"{len(waveforms)} clips cannot be shared among {world} processes; "
-                "use fewer processes or more data"
-            )
-        n = self.n_rows // batch_size if drop_last else -(-self.n_rows // batch_size)
-        self.n_batches = max(1, n)
+        self.n_rows, self.n_batches = shard_sizes(len(waveforms), batch_size, world, drop_last, "clips")
         self._plan_key: tuple | None = None
         self._plan: list[Tensor] = []
 

@@ -354,7 +354,10 @@ class SentenceDistribution(Distribution):
     arg_constraints: dict = {}
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, decoder: LSTMDecoder, z: Tensor, max_chunk: int = 4096):
+    # at most this many sentences decoded per pass: measured on the PTB model (K = 200 samples of 50
+    # test sentences, 2 threads), 1,024 took 21 s where 4,096 took 30 s (the logits of 4,096
+    # sentences, about 3.6 GB, go to and from memory) and 256 took 23 s; the results are identical
+    def __init__(self, decoder: LSTMDecoder, z: Tensor, max_chunk: int = 1024):
         self.decoder, self.z, self.max_chunk = decoder, z, max_chunk
         super().__init__(batch_shape=z.shape[:-1], validate_args=False)
 

@@ -8,49 +8,32 @@ read them without knowing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from vaelab.ragged import Ragged, offsets_of
 
 __all__ = ["Sequences", "TokenBatch"]
 
 
 @dataclass(frozen=True)
-class Sequences:
+class Sequences(Ragged):
     """N sequences of token ids of varying lengths, stored end to end.
 
     flat: (sum of lengths,) int64, the ids of sequence i at ``flat[offsets[i]:offsets[i + 1]]``.
-    offsets: (N + 1,) int64, starting at 0 and non-decreasing.
+    offsets: (N + 1,) int64, starting at 0 and non-decreasing. ``lengths``: tokens per sequence.
     """
 
-    flat: Tensor
-    offsets: Tensor
-
-    def __post_init__(self) -> None:
-        if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[0]) != 0:
-            raise ValueError("offsets must be a 1-D tensor starting at 0")
-        if int(self.offsets[-1]) != self.flat.numel():
-            raise ValueError(f"offsets end at {int(self.offsets[-1])} but flat holds {self.flat.numel()} ids")
+    unit: ClassVar[str] = "ids"
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]]) -> Sequences:
         """From Python lists of ids (one list per sequence)."""
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-        offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=offsets[1:])
+        offsets = offsets_of(torch.tensor([len(s) for s in seqs], dtype=torch.int64))
         flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
         return cls(flat, offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> Tensor:
-        """(N,) int64: tokens per sequence."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.flat[int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     def subset(self, index: Tensor) -> Sequences:
         """The sequences ``index`` (a 1-D int64 tensor), in that order."""

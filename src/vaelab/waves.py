@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from vaelab.ragged import Ragged, offsets_of
 
 __all__ = ["Waveforms", "WaveBatch", "MU_LAW_LEVELS", "mu_law_encode", "mu_law_decode"]
 
@@ -39,43 +42,21 @@ def mu_law_decode(k: Tensor, levels: int = MU_LAW_LEVELS) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Waveforms:
+class Waveforms(Ragged):
     """N mono clips of varying lengths, stored end to end.
 
     flat: (sum of lengths,) float32 samples in [-1, 1]; clip i is ``flat[offsets[i]:offsets[i + 1]]``.
-    offsets: (N + 1,) int64, starting at 0 and non-decreasing.
+    offsets: (N + 1,) int64, starting at 0 and non-decreasing. ``lengths``: samples per clip.
     """
 
-    flat: Tensor
-    offsets: Tensor
-
-    def __post_init__(self) -> None:
-        if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[0]) != 0:
-            raise ValueError("offsets must be a 1-D tensor starting at 0")
-        if int(self.offsets[-1]) != self.flat.numel() or self.flat.ndim != 1:
-            raise ValueError(
-                f"offsets end at {int(self.offsets[-1])} but flat holds {self.flat.numel()} samples"
-            )
+    unit: ClassVar[str] = "samples"
 
     @classmethod
     def from_clips(cls, clips: list[Tensor]) -> Waveforms:
         """From 1-D clips (any float dtype; stored as float32)."""
-        lengths = torch.tensor([len(c) for c in clips], dtype=torch.int64)
-        offsets = torch.zeros(len(clips) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=offsets[1:])
+        offsets = offsets_of(torch.tensor([len(c) for c in clips], dtype=torch.int64))
         flat = torch.cat([c.reshape(-1).to(torch.float32) for c in clips]) if clips else torch.zeros(0)
         return cls(flat, offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> Tensor:
-        """(N,) int64: samples per clip."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.flat[int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     def subset(self, index: Tensor) -> Waveforms:
         """The clips ``index`` (a 1-D int64 tensor), in that order."""

@@ -263,6 +263,7 @@ def test_vq_sample_decodes_prior_codes_of_the_asked_class(vq_run, prior_run, cod
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (section,) = [s for s in read_sections(vq_run) if s.name == "prior_samples"]
     assert section.images.shape == (8, 1, 8, 8) and "class 2" in section.caption
+    assert "Samples with the learned prior" in (vq_run / "report.html").read_text()  # rebuilt at once
 
     modal = _modal_maps(codes_file)
     assert len({tuple(m.flatten().tolist()) for m in modal}) == 4  # the classes have distinct code maps
@@ -297,6 +298,9 @@ def test_vq_eval_the_learned_prior_tightens_the_bound(vq_run, prior_run, codes_f
     out = capsys.readouterr().out
     assert "16 test examples, -log p(x | y) bounds:" in out
     assert "uniform prior" in out and "learned prior" in out
+    (table,) = [s for s in read_sections(vq_run) if s.name == "prior_bound"]  # and into the report
+    assert [r[0].split(":")[0] for r in table.rows] == ["uniform over the K^(H'W') code maps", "learned"]
+    assert "Bound with the learned prior" in (vq_run / "report.html").read_text()
 
     b = prior_bound(vq_run, prior_run, CPU)
     assert b.split == "test" and b.n_examples == 16 and b.conditional
@@ -310,5 +314,6 @@ def test_vq_eval_the_learned_prior_tightens_the_bound(vq_run, prior_run, codes_f
     assert b.learned.nats_per_example == pytest.approx(b.reconstruction + prior_nats, rel=1e-5)
     assert b.uniform.value == pytest.approx(b.uniform.nats_per_example / (64 * math.log(2)))
     assert b.learned.value < b.uniform.value - 0.25  # at least 16 bits per image saved of the 64
+    assert [float(r[1]) for r in table.rows] == pytest.approx([b.uniform.value, b.learned.value], abs=1e-4)
     vq_eval = evaluate_run(vq_run, CPU)
     assert b.uniform.value == pytest.approx(vq_eval["bits_per_dim"], rel=1e-5)  # the VQ run's own bound

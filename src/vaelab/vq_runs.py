@@ -36,7 +36,7 @@ from vaelab.experiment import load_run_model, ordered_batches
 from vaelab.models import Model
 from vaelab.models.base import AutoregressivePrior, DiscreteCodeModel
 from vaelab.runfolder import checkpoint_sha256
-from vaelab.sections import ImagesSection, write_sections
+from vaelab.sections import ImagesSection, TableSection, write_sections
 
 __all__ = [
     "CODES_FILE",
@@ -47,6 +47,7 @@ __all__ = [
     "sample_with_prior",
     "PriorBound",
     "prior_bound",
+    "bound_section",
 ]
 
 CODES_FILE = "codes.npz"
@@ -239,3 +240,19 @@ def prior_bound(vq_run: str | Path, prior_run: str | Path, device: torch.device,
     return PriorBound(units("images", nats_u, counts, bound=True),
                       units("images", nats_l, counts, bound=True), float(torch.cat(rec).mean()), split,
                       len(nats_u), bool(prior.n_classes))
+
+
+def bound_section(bound: PriorBound, prior_run: str | Path) -> TableSection:
+    """The bounds of :func:`prior_bound` as the VQ run's ``prior_bound`` table section (bits/dim and
+    nats per example, with the uniform prior and with the learned one)."""
+    given = " | y" if bound.conditional else ""
+    rows = [
+        ["uniform over the K^(H'W') code maps", f"{bound.uniform.value:.4f}",
+         f"{bound.uniform.nats_per_example:.2f}"],
+        [f"learned: {Path(prior_run).name}", f"{bound.learned.value:.4f}", f"{bound.learned.nats_per_example:.2f}"],
+    ]
+    caption = (f"-log p(x{given}) <= -log p(x | z_q(x)) - log p(z_q(x){given}) on the {bound.n_examples} "
+               f"{bound.split} examples; -log p(x | z_q) = {bound.reconstruction:.2f} nats per example. "
+               "Bits per dimension divide the nats by the dimensions and ln 2.")
+    return TableSection(name="prior_bound", title="Bound with the learned prior", caption=caption,
+                        header=["prior", "bits/dim", "nats per example"], rows=rows)

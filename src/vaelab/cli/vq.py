@@ -48,6 +48,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 @command("vq", "VQ-VAE with a learned prior: extract-codes, sample, eval (van den Oord et al. 2017)", _args)
 def vq_cmd(args: argparse.Namespace) -> int:
     from vaelab import vq_runs
+    from vaelab.sections import write_sections
     from vaelab.experiment import resolve_device
 
     device = resolve_device(args.device)
@@ -60,10 +61,8 @@ def vq_cmd(args: argparse.Namespace) -> int:
     elif args.vq_command == "sample":
         out = vq_runs.sample_with_prior(args.run, args.prior, device, args.n, label=args.label,
                                         temperature=args.temperature, seed=args.seed, png=args.png)
-        where = f"section {out.section.name!r} of {Path(args.run) / 'sections.json'}"
         also = f" and {args.png}" if args.png else ""
-        print(f"{args.n} samples {tuple(out.images.shape[1:])}: {where}{also} "
-              f"(vaelab report {args.run} rebuilds its report)")
+        print(f"{args.n} samples {tuple(out.images.shape[1:])}: {_rebuild(args.run)}{also}")
     else:
         b = vq_runs.prior_bound(args.run, args.prior, device, max_examples=args.max_examples)
         given = " | y" if b.conditional else ""
@@ -73,4 +72,13 @@ def vq_cmd(args: argparse.Namespace) -> int:
         print(f"  learned prior  {b.learned.value:.4f} bits/dim  ({b.learned.nats_per_example:.2f} nats per "
               f"example: -log p(x|z_q) - log p(z_q{given}))")
         print(f"  -log p(x|z_q)  {b.reconstruction:.2f} nats per example")
+        write_sections(args.run, [vq_runs.bound_section(b, args.prior)])
+        print(f"saved to the report: {_rebuild(args.run)}")
     return 0
+
+
+def _rebuild(run: str) -> Path:
+    """Rebuild the run's report.html (after a command added a section to it); its path."""
+    from vaelab.report.build import build_report
+
+    return build_report(Path(run))

@@ -33,7 +33,8 @@ and the same batches, with
   c  k-means off (kmeans_iters = 0: the N(0, 1) codebook)
   d  both off
   e  vector-quantize-pytorch ``VectorQuantize`` (EMA, decay 0.99, kmeans_init, threshold_ema_dead_code
-     ``--peer-dead-code``, commitment weight 0.25, straight-through gradient: rotation trick off) through
+     ``--peer-dead-code``, commitment weight 0.25, straight-through gradient: rotation trick off unless
+     ``--peer-rotation-trick``) through
      the adapter of benchmarks/vq_peer.py.
 
 Each is then measured with ``vq_reference.evaluate`` on the 10,000 test images (its weights copied into
@@ -324,7 +325,8 @@ def build_variant(cfg, spec, key: str, args):
         m = cfg.model
         model.quantizer = PeerQuantizer(m.codebook_size, m.code_dim, beta=m.beta, decay=m.ema_decay,
                                         kmeans_init=True, kmeans_iters=m.kmeans_iters or 10,
-                                        threshold_ema_dead_code=args.peer_dead_code)
+                                        threshold_ema_dead_code=args.peer_dead_code,
+                                        rotation_trick=args.peer_rotation_trick)
     return label, model
 
 
@@ -358,7 +360,7 @@ def peers(args) -> int:
         f"{len(test_x):,} test images (usage and perplexity over every code position). Peer: "
         f"vector-quantize-pytorch, decay {cfg.model.ema_decay}, kmeans_init, threshold_ema_dead_code "
         f"{args.peer_dead_code}, commitment weight {cfg.model.beta} (scaled to vaelab's per-example sum), "
-        "rotation trick off.",
+        f"rotation trick {'on' if args.peer_rotation_trick else 'off (straight-through, as vaelab)'}.",
         "",
         "| quantizer | test bits/dim | (vaelab's likelihood) | test MSE | codes used | perplexity | "
         "train-pass perplexity "
@@ -460,6 +462,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--variants", default="abcde", help="which of a-e to run (default all)")
     p.add_argument("--peer-dead-code", type=float, default=2.0, help="the peer's threshold_ema_dead_code")
+    p.add_argument("--peer-rotation-trick", action="store_true",
+                   help="the peer's rotation-trick gradient (its default) instead of straight-through")
     p.add_argument("--test-images", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--train-images", type=int, default=0, help="train on the first N images (0: all 49,000)")
     p.add_argument("--train-eval-images", type=int, default=10000,

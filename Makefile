@@ -7,7 +7,7 @@ ifneq ($(wildcard ../shared/data),)
 export VAELAB_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv demo test bench bench-lda bench-text lint clean
+.PHONY: venv demo test bench bench-lda bench-text bench-vqvae lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ bench-lda: venv
 
 bench-text: venv
 	$(BIN)/python benchmarks/bench_text.py --threads 2 --steps 800
+
+# the CIFAR-10 VQ-VAE: training speed against a plain loop, quantizers at equal steps, prior sampling
+bench-vqvae: venv
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_vqvae.py speed --threads 2 --steps 600
+	$(BIN)/python benchmarks/bench_vqvae.py peers --threads 2 --steps 3000
+	$(BIN)/python benchmarks/bench_vqvae.py sampling --threads 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

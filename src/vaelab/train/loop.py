@@ -108,6 +108,15 @@ def collective_device(model_device: torch.device) -> torch.device:
     return model_device if dist.get_backend() == dist.Backend.NCCL else torch.device("cpu")
 
 
+def selection_value(metrics: dict[str, float]) -> float:
+    """What the ``best`` checkpoint (and early stopping) minimises over validations: the negative
+    bound, -elbo, when the model reports one, else the loss. The bound is what evaluation reports; the
+    training loss may weigh in a KL schedule, free bits or a VQ-VAE's commitment term (which grows
+    with the scale of the encoder's outputs), so its minimum need not be the best model."""
+    elbo = metrics.get("elbo")
+    return metrics["loss"] if elbo is None or not math.isfinite(elbo) else -elbo
+
+
 class Trainer:
     """Fits ``model`` on ``train_batches``; evaluates on ``valid_batches``.
 
@@ -456,8 +465,9 @@ class Trainer:
     def _validate_current(self) -> None:
         metrics = self.evaluate(self.valid_batches)
         self._check_finite(metrics["loss"])
-        if metrics["loss"] < self.best_valid:
-            self.best_valid = metrics["loss"]
+        value = selection_value(metrics)
+        if value < self.best_valid:
+            self.best_valid = value
             self.evals_without_improvement = 0
             self._save_best()
         else:

@@ -30,6 +30,8 @@ Reported as JSON (printed and written to ``DIR/vq_speech_eval.json``):
 - ``conversion_to_target``: the fraction of conversions the speaker classifier assigns to the
   target speaker (chance 1/6); ``conversion_still_source``: the fraction it still assigns to the
   clip's own speaker; ``conversion_to_target_by_speaker``: the first, per target speaker.
+- ``mulaw_reference``: SNR, LSD and the two accuracies of the originals quantised to 8-bit mu-law
+  (``vaelab.waves``), the form the model's likelihood scores: the ceiling of a perfect model.
 
 A few clips are written as .wav files into DIR (original, reconstruction and each conversion), and
 added to the run's report as an AudioSection ``fsdd_eval_audio`` with a TableSection ``fsdd_eval`` of
@@ -42,6 +44,22 @@ the numbers; the report is rebuilt.
         --run runs/vqvae_speech_fsdd --out runs/vqvae_speech_fsdd/fsdd_eval
 
 The classifier file holds weights and numbers only (``torch.load(weights_only=True)``).
+
+Measured on one thread of the busy 2-core reference machine (niced, beside two training runs), with
+the defaults (12 epochs of Adam, lr 2e-3 with cosine decay to 2e-4, batch 32, seed 0, all 2,430
+training clips of the preset's split): the digit classifier 99.33% on the 300 test recordings
+(97.78% on the 270 validation clips) in 62 s; the speaker classifier 99.33% (100.0%) in 70 s;
+features of all 3,000 clips 0.5 s. On the originals quantised to 8-bit mu-law both keep 99.0%
+(SNR 36.8 dB, LSD 2.2 dB).
+
+The full preset (``configs/vqvae_speech_fsdd.toml``, 13,680 steps) had not been trained when this was
+written. A trial of it stopped at 4,000 steps (26 epochs, 469 s; validation codebook perplexity 109)
+gave, over all 300 test clips and 1,500 conversions (evaluate took 19 s, 7 s of it decoding):
+SNR -1.9 dB (median -1.1), LSD 20.5 dB, digit accuracy 9.3% on reconstructions and 8.0% on
+conversions (chance 10%), speaker accuracy 41.7% on reconstructions, conversions heard as the target
+26.2% and as the source 27.7%. The reconstructions are uncorrelated with the originals (a correlation
+of about 0 in the clips looked at): at that point the decoder's mean E[x | codes, speaker] is not yet
+speech to these classifiers. These are the numbers of a trial, not of the trained model.
 """
 
 from __future__ import annotations
@@ -63,7 +81,7 @@ from vaelab.config import DataConfig
 from vaelab.data import WaveformBundle, load_dataset
 from vaelab.data.fsdd import FSDD_RATE, FSDD_SPEAKERS
 from vaelab.errors import VaelabError
-from vaelab.waves import WaveBatch, Waveforms
+from vaelab.waves import WaveBatch, Waveforms, mu_law_decode, mu_law_encode
 
 N_FFT, HOP = 256, 64  # 32 ms Hann window, 8 ms hop at 8 kHz
 N_BINS = N_FFT // 2 + 1
@@ -337,6 +355,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         "reconstruction": {t: predict(c, features(recs)) for t, c in classifiers.items()},
         "conversion": {t: predict(c, features(conv_clips)) for t, c in classifiers.items()},
     }
+    # the ceiling: the originals quantised to 8-bit mu-law, the form the model's likelihood scores
+    mulaw = [mu_law_decode(mu_law_encode(o)) for o in originals]
+    pred["mulaw"] = {t: predict(c, features(mulaw)) for t, c in classifiers.items()}
     conv_speaker = pred["conversion"]["speaker"]
     source = speaker.repeat(len(offsets))
     result = {
@@ -357,6 +378,13 @@ def evaluate(args: argparse.Namespace) -> dict:
             name: round(accuracy(conv_speaker[targets == s], targets[targets == s]), 4)
             for s, name in enumerate(FSDD_SPEAKERS)},
         "chance_speaker": round(1 / n_spk, 4),
+        "mulaw_reference": {  # the originals through 8-bit mu-law: what a perfect model would give
+            "snr_db": round(float(np.mean([snr_db(o, q) for o, q in zip(originals, mulaw)])), 3),
+            "lsd_db": round(float(np.mean([lsd_db(magnitudes(o), magnitudes(q))
+                                           for o, q in zip(originals, mulaw)])), 3),
+            "digit_accuracy": round(accuracy(pred["mulaw"]["digit"], digit), 4),
+            "speaker_accuracy": round(accuracy(pred["mulaw"]["speaker"], speaker), 4),
+        },
         "classifier_test_accuracy": {t: stored.get(t, {}).get("test_accuracy") for t in TASKS},
         "decode_seconds": round(decode_seconds, 1),
         "definitions": {

@@ -120,6 +120,9 @@ def test_evaluate_a_smoke_run_end_to_end(ev, data_root, tmp_path, capsys):
     # a conversion's target is never its source, so the two fractions share no conversion
     assert result["conversion_to_target"] + result["conversion_still_source"] <= 1.0
     assert len(result["conversion_to_target_by_speaker"]) == 6
+    ref = result["mulaw_reference"]  # 8-bit mu-law keeps a clip to about 30-40 dB SNR
+    assert 20.0 < ref["snr_db"] < 60.0 and 0.0 <= ref["lsd_db"] < 10.0
+    assert 0.0 <= ref["digit_accuracy"] <= 1.0 and 0.0 <= ref["speaker_accuracy"] <= 1.0
 
     # 2 clips x (original, reconstruction, 5 conversions), as 16-bit mono 8 kHz WAV files
     assert len(result["wav_files"]) == 14

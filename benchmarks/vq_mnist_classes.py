@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,6 +40,9 @@ from vaelab.errors import VaelabError
 from vaelab.experiment import resolve_device
 from vaelab.models.base import AutoregressivePrior, DiscreteCodeModel
 from vaelab.vq_runs import load_pair
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/classifier_fit.py
+from classifier_fit import fit_classifier  # noqa: E402
 
 N_CLASSES = 10
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training images' grey levels
@@ -95,29 +96,17 @@ def train_classifier(args: argparse.Namespace) -> dict:
     if args.test_limit:
         xt, yt = xt[: args.test_limit], yt[: args.test_limit]
     clf = DigitCNN()
-    opt = torch.optim.Adam(clf.parameters(), lr=args.lr)
-    steps_per_epoch = math.ceil(len(x) / args.batch_size)
-    total = args.epochs * steps_per_epoch
-    # lr decays by cosine from lr to lr / 10 over the run: the last epochs settle the weights
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        clf.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            loss = F.cross_entropy(clf(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    acc = 0.0
+
+    def after_epoch(epoch: int, took: float) -> None:
+        nonlocal acc
         acc = float((predict(clf, xt) == yt).double().mean())
-        took = time.perf_counter() - start
-        print(f"epoch {epoch + 1}/{args.epochs}: test accuracy {acc:.4f} ({took:.0f} s)", file=sys.stderr)
+        print(f"epoch {epoch}/{args.epochs}: test accuracy {acc:.4f} ({took:.0f} s)", file=sys.stderr)
+
+    seconds = fit_classifier(clf, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, after_epoch=after_epoch)
     result = {"test_accuracy": acc, "test_examples": len(xt), "train_examples": len(x), "epochs": args.epochs,
-              "seed": args.seed, "seconds": round(time.perf_counter() - start, 1)}
+              "seed": args.seed, "seconds": round(seconds, 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state": clf.state_dict(), **result}, out)

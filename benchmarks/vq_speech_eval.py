@@ -83,6 +83,9 @@ from vaelab.data.fsdd import FSDD_RATE, FSDD_SPEAKERS
 from vaelab.errors import VaelabError
 from vaelab.waves import WaveBatch, Waveforms, mu_law_decode, mu_law_encode
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/classifier_fit.py
+from classifier_fit import fit_classifier  # noqa: E402
+
 N_FFT, HOP = 256, 64  # 32 ms Hann window, 8 ms hop at 8 kHz
 N_BINS = N_FFT // 2 + 1
 FRAMES = 40  # every clip's spectrogram is pooled (or stretched) to this many frames
@@ -211,27 +214,16 @@ def train_one(name: str, x: Tensor, y: Tensor, args: argparse.Namespace, held_ou
     clf = SpectrogramCNN(TASKS[name])
     clf.mean.copy_(x.mean((0, 3), keepdim=True))
     clf.std.copy_(x.std((0, 3), keepdim=True).clamp_min(1e-3))
-    opt = torch.optim.Adam(clf.parameters(), lr=args.lr)
-    total = args.epochs * math.ceil(len(x) / args.batch_size)
-    # cosine decay from lr to lr / 10: the last epochs settle the weights
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        clf.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            loss = F.cross_entropy(clf(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = {split: accuracy(predict(clf, hx), hy) for split, (hx, hy) in held_out.items()}
-        print(f"{name} epoch {epoch + 1}/{args.epochs}: " + ", ".join(f"{s} {a:.4f}" for s, a in acc.items())
-              + f" ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    return clf.eval(), acc, round(time.perf_counter() - start, 1)
+    acc: dict[str, float] = {}
+
+    def after_epoch(epoch: int, took: float) -> None:
+        acc.update({split: accuracy(predict(clf, hx), hy) for split, (hx, hy) in held_out.items()})
+        print(f"{name} epoch {epoch}/{args.epochs}: " + ", ".join(f"{s} {a:.4f}" for s, a in acc.items())
+              + f" ({took:.0f} s)", file=sys.stderr)
+
+    seconds = fit_classifier(clf, x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, after_epoch=after_epoch)
+    return clf.eval(), acc, round(seconds, 1)
 
 
 def train_classifiers(args: argparse.Namespace) -> dict:

@@ -68,3 +68,32 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """One intra-op thread for a whole module (its module-scoped fixtures included), restoring the
+    previous count afterwards: for modules of tiny models, where more threads only add contention.
+    Used as ``pytestmark = pytest.mark.usefixtures("one_thread_per_module")``."""
+    from vaelab.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/NAME.py (scripts, not a package), imported from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+    """``benchmark_script(name)``: the module of benchmarks/NAME.py."""
+    return load_benchmark

@@ -13,14 +13,8 @@ from vaelab.evaluation.ais import AISSettings, ais, ais_log_likelihood, beta_sch
 from vaelab.models import build_model
 from vaelab.models.base import GenerativeLatentModel
 from vaelab.models.vae import VAEConfig
-from vaelab.threads import torch_threads
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):  # tiny tensors: more threads only add contention
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 class LinearGaussian(GenerativeLatentModel):
     """p(z) = N(0, I_2), p(x|z) = N(Wz + b, s^2 I_5): log p(x) = log N(x; b, W W^T + s^2 I) exactly."""

@@ -14,7 +14,6 @@ from vaelab.data import load_dataset
 from vaelab.experiment import prepare, train_run
 from vaelab.models import build_model
 from vaelab.models.mcem import MCEMConfig
-from vaelab.threads import torch_threads
 from vaelab.train import checkpoint as ckpt
 from vaelab.train.batching import RepeatedBatches, TensorBatches
 
@@ -23,11 +22,7 @@ SMOKE = str(ROOT / "configs" / "smoke_mcem_digits.toml")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):  # tiny tensors: more threads only add contention
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 @torch.no_grad()
 def _exact_log_px(model, x, n=801, lim=7.0):

@@ -7,18 +7,13 @@ import torch
 
 from vaelab.errors import VaelabError
 from vaelab.mcmc import StepSizeAdapter, hmc_step
-from vaelab.threads import torch_threads
 
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 1.6], [1.6, 4.0]], dtype=torch.float64)  # sd 1 and 2, correlation 0.8
 TARGET = torch.distributions.MultivariateNormal(MU, COV)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):  # tiny tensors: more threads only add contention
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 def test_hmc_leaves_a_correlated_gaussian_invariant():
     """Chains started from the exact target stay distributed as the target: after 30 transitions the

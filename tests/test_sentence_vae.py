@@ -34,14 +34,7 @@ SPEC = DataSpec((8,), "tokens", extra={"vocab": WORDS})  # the ids are found by 
 CORPUS = ["the cat sat on the mat", "the dog ate the bone", "the cat ate", "the dog sat on a cat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 def _vae(seed: int = 0, **kw) -> SentenceVAE:
     torch.manual_seed(seed)

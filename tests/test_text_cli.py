@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from vaelab.cli import main
-from vaelab.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ("the cat sat on the mat .", "a dog ran far away .", "i went to the kitchen .",
@@ -41,12 +40,7 @@ is_samples = 2
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding steps are tiny: one thread, so that busy cores cannot stall an OpenMP team."""
-    with torch_threads(1):
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:

@@ -4,7 +4,6 @@ its agreement arithmetic against a hand-made case, and the MNIST presets of the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,28 +16,16 @@ from vaelab.models import build_model
 from vaelab.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "vq_mnist_classes.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("vq_mnist_classes", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def vq_mnist_classes(benchmark_script):
+    return benchmark_script("vq_mnist_classes")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
-
-def test_agreement_counts_requested_against_predicted():
-    vq_mnist_classes = _script()
+def test_agreement_counts_requested_against_predicted(vq_mnist_classes):
     requested = torch.tensor([0, 0, 1, 1, 2, 2, 2, 9])
     predicted = torch.tensor([0, 1, 1, 1, 2, 0, 2, 9])
     got = vq_mnist_classes.agreement(requested, predicted)
@@ -50,8 +37,7 @@ def test_agreement_counts_requested_against_predicted():
 
 
 @pytest.mark.datasets("mnist")
-def test_score_classifies_prior_samples_of_each_class(data_root, tmp_path, capsys):
-    vq_mnist_classes = _script()
+def test_score_classifies_prior_samples_of_each_class(vq_mnist_classes, data_root, tmp_path, capsys):
     vq, prior, clf = tmp_path / "vq", tmp_path / "prior", tmp_path / "clf.pt"
     assert main(["train", str(ROOT / "configs" / "smoke_vqvae_mnist.toml"), "--out", str(vq), "--quiet",
                  "--no-eval", "--device", "cpu"]) == 0
@@ -87,8 +73,7 @@ def test_score_classifies_prior_samples_of_each_class(data_root, tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["confusion"] == result["confusion"]
 
 
-def test_score_refuses_a_missing_classifier_in_one_line(tmp_path, capsys):
-    vq_mnist_classes = _script()
+def test_score_refuses_a_missing_classifier_in_one_line(vq_mnist_classes, tmp_path, capsys):
     assert vq_mnist_classes.main(["score", "--classifier", str(tmp_path / "none.pt"), "--vq", "a",
                                   "--prior", "b"]) == 2
     err = capsys.readouterr().err

@@ -35,14 +35,7 @@ CPU = torch.device("cpu")
 K = 16  # codes of the tiny VQ-VAE; 8x8 images -> 4x4 code maps (downsample 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 def _patterns() -> np.ndarray:
     """(4, 8, 8) binary patterns: top half, left half, a thick diagonal, a checkerboard of 2x2 blocks."""

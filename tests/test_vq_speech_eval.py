@@ -5,7 +5,6 @@ the report's sections."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -16,29 +15,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "vq_speech_eval.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("vq_speech_eval", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
-def ev():
-    return _script()
+def ev(benchmark_script):
+    return benchmark_script("vq_speech_eval")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 # ----------------------------------------------------------------------------- SNR
 def test_snr_of_a_known_signal_plus_known_noise(ev):

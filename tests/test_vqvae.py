@@ -28,14 +28,7 @@ CPU = torch.device("cpu")
 TINY = dict(hidden=8, res_blocks=1, res_channels=4, codebook_size=16, code_dim=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 def _model(shape=(1, 28, 28), seed=0, **kw) -> VQVAE:
     cfg = {**TINY, **kw}

@@ -20,15 +20,9 @@ from vaelab.models.base import ReportInputs
 from vaelab.models.vqvae_speech import SpeechVQVAEConfig, mu_law_logistic_mean
 from vaelab.sections import AudioSection, LinesSection
 from vaelab.spec import DataSpec
-from vaelab.threads import torch_threads
 from vaelab.waves import WaveBatch, Waveforms, mu_law_decode
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):  # small convolutions: more threads only add contention
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
 SPEC = DataSpec((300,), "waveforms", extra={"sample_rate": 8000, "labels": {"speaker": ["a", "b", "c"]}})
 

@@ -51,6 +51,9 @@ from vaelab.models.sentence_vae import SentenceVAEConfig
 from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/interleave.py
+from interleave import interleave  # noqa: E402
+
 E, H, Z, P_DROP, BATCH = 256, 256, 32, 0.25, 32
 
 
@@ -174,30 +177,12 @@ def main(argv=None) -> int:
     runs = {"vaelab": train_vaelab(model, batches, args.steps, args.slice),
             "plain": train_plain(plain, plain_batches, ids, args.slice)}
     pos = {"vaelab": 0, "plain": 0}
-    rates: dict[str, list[float]] = {"vaelab": [], "plain": []}
-    ratios = []
-    order = list(runs)
-    turn = 0
-    while True:
-        turn_rates = {}
-        for name in order:
-            t0 = time.perf_counter()
-            try:
-                n = next(runs[name])
-            except StopIteration:
-                n = 0
-            dt = time.perf_counter() - t0
-            if n:
-                toks = sum(tokens_per_step[pos[name]: pos[name] + n])
-                pos[name] += n
-                turn_rates[name] = toks / dt
-                rates[name].append(toks / dt)
-        if len(turn_rates) < 2:
-            break
-        if turn > 0:  # the first turn holds the warm-up
-            ratios.append(turn_rates["vaelab"] / turn_rates["plain"])
-        order.reverse()
-        turn += 1
+
+    def tokens(name: str, n: int) -> int:  # the tokens of each contender's next n steps
+        pos[name] += n
+        return sum(tokens_per_step[pos[name] - n : pos[name]])
+
+    rates, ratios = interleave(runs, tokens)
     med = {k: statistics.median(v[1:]) for k, v in rates.items()}
     breakdown = profile_breakdown(model, batches, args.profile_steps)
     lines = [

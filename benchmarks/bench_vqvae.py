@@ -71,6 +71,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from interleave import interleave  # noqa: E402
 from vaelab.config import TrainConfig, load_config  # noqa: E402
 from vaelab.data import load_dataset  # noqa: E402
 from vaelab.models import build_model  # noqa: E402
@@ -249,25 +250,8 @@ def speed(args) -> int:
     batch = cfg.train.batch_size
     runs = {"vaelab": run_vaelab(trainer, args.slice),
             "plain": run_plain(plain, train_batches(cfg, bundle, args), args.steps, args.slice)}
-    rates: dict[str, list[float]] = {"vaelab": [], "plain": []}
-    ratios = []
-    order = list(runs)
-    turn = 0
-    while True:
-        turn_rates = {}
-        for name in order:
-            t0 = time.perf_counter()
-            n = next(runs[name], 0)
-            dt = time.perf_counter() - t0
-            if n:
-                turn_rates[name] = n * batch / dt
-                rates[name].append(n * batch / dt)
-        if len(turn_rates) < 2:
-            break
-        if turn > 0:  # the first turn holds the warm-up and vaelab's k-means initialisation
-            ratios.append(turn_rates["vaelab"] / turn_rates["plain"])
-        order.reverse()
-        turn += 1
+    # the first turn (left out of the ratios) also holds vaelab's k-means initialisation
+    rates, ratios = interleave(runs, lambda name, n: n * batch)
     if not ratios:
         raise SystemExit("too few turns: raise --steps or lower --slice (the first turn is left out)")
     med = {k: statistics.median(v[1:]) for k, v in rates.items()}

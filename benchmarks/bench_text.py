@@ -52,7 +52,7 @@ from vaelab.train.loop import Trainer
 from vaelab.train.sequences import SequenceBatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks/interleave.py
-from interleave import interleave  # noqa: E402
+from interleave import interleave, speed_lines  # noqa: E402
 
 E, H, Z, P_DROP, BATCH = 256, 256, 32, 0.25, 32
 
@@ -200,15 +200,7 @@ def main(argv=None) -> int:
         "|---|---|",
         *(f"| {k} | {v:,.0f} |" for k, v in med.items()),
         "",
-        f"**vaelab / plain: {statistics.median(ratios):.2f}x** (median of per-turn ratios; "
-        f"quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-{statistics.quantiles(ratios, n=4)[2]:.2f}).",
-        "",
-        f"Where a vaelab step's time goes (torch.profiler, self CPU time, {args.profile_steps} steps):",
-        "",
-        "| part | share |",
-        "|---|---|",
-        *(f"| {c} | {p:.1f}% |" for c, p in breakdown),
-        "",
+        *speed_lines(ratios, breakdown, args.profile_steps),
     ]
     text = "\n".join(lines)
     print(text)

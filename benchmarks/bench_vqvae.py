@@ -71,7 +71,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from interleave import interleave  # noqa: E402
+from interleave import interleave, speed_lines  # noqa: E402
 from vaelab.config import TrainConfig, load_config  # noqa: E402
 from vaelab.data import load_dataset  # noqa: E402
 from vaelab.models import build_model  # noqa: E402
@@ -99,13 +99,6 @@ def write(text: str, args, part: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4)
-    return q[0], q[2]
 
 
 def preset():
@@ -257,7 +250,6 @@ def speed(args) -> int:
     med = {k: statistics.median(v[1:]) for k, v in rates.items()}
     torch.manual_seed(args.seed)
     breakdown = profile_breakdown(build_model(cfg.model, bundle.spec), cfg, bundle, args)
-    lo, hi = quartiles(ratios)
     m = cfg.model
     lines = [
         f"# VQ-VAE (CIFAR-10) training throughput ({args.threads} threads)",
@@ -275,15 +267,7 @@ def speed(args) -> int:
         "|---|---|",
         *(f"| {k} | {v:,.1f} |" for k, v in med.items()),
         "",
-        f"**vaelab / plain: {statistics.median(ratios):.2f}x** (median of per-turn ratios; "
-        f"quartiles {lo:.2f}-{hi:.2f}).",
-        "",
-        f"Where a vaelab step's time goes (torch.profiler, self CPU time, {args.profile_steps} steps):",
-        "",
-        "| part | share |",
-        "|---|---|",
-        *(f"| {c} | {p:.1f}% |" for c, p in breakdown),
-        "",
+        *speed_lines(ratios, breakdown, args.profile_steps),
     ]
     write("\n".join(lines), args, "speed")
     return 0

@@ -4,6 +4,7 @@ load on a shared machine hits both alike; the fair comparison is the ratio withi
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -34,3 +35,28 @@ def interleave(runs: dict[str, Iterator[int]], units: Callable[[str, int], float
             ratios.append(turn_rates[first] / turn_rates[second])
         order.reverse()
         turn += 1
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartiles (both the value itself for a single value)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def speed_lines(ratios: list[float], breakdown: list[tuple[str, float]], profile_steps: int) -> list[str]:
+    """The markdown of a throughput comparison's result: the median per-turn ratio with its quartiles,
+    then the share of a vaelab step's time by part (``breakdown``: (part, percent) rows)."""
+    lo, hi = quartiles(ratios)
+    return [
+        f"**vaelab / plain: {statistics.median(ratios):.2f}x** (median of per-turn ratios; "
+        f"quartiles {lo:.2f}-{hi:.2f}).",
+        "",
+        f"Where a vaelab step's time goes (torch.profiler, self CPU time, {profile_steps} steps):",
+        "",
+        "| part | share |",
+        "|---|---|",
+        *(f"| {c} | {p:.1f}% |" for c, p in breakdown),
+        "",
+    ]

@@ -7,14 +7,24 @@ blocks (ReLU, window-3 conv, ReLU, 1x1 conv) and a 1x1 convolution to the code d
 default ``downsample = 6`` the stride is m = 64: 8 kHz audio becomes 125 codes a second. The vectors
 z_e (B, D, T') are quantised (``vaelab.quantizers``: ``VectorQuantizerEMA`` or ``VectorQuantizer``).
 
-Decoder: the paper's is a WaveNet conditioned on the codes and a one-hot speaker; this one is the
-encoder's mirror, not autoregressive: a window-3 convolution from D, a residual stack, and
-``downsample`` transposed convolutions (window 4, stride 2) up to the likelihood's two parameters per
-sample. It is conditioned on the speaker as WaveNet's global conditioning is (van den Oord et al.
-2016, Section 2.5, a V^T h term in every layer): a learned embedding s (n_speakers, speaker_dim),
-mapped by a bias-free linear map per layer to that layer's channels and added to its input, so the
-codes need not carry who speaks; decoding the codes of one speaker with another's embedding is voice
-conversion (``convert``). ``n_speakers`` is the number of names in the data's
+Decoder, two kinds (``decoder``):
+
+* ``mirror``: the encoder's mirror, not autoregressive: a window-3 convolution from D, a residual
+  stack, and ``downsample`` transposed convolutions (window 4, stride 2) up to the likelihood's two
+  parameters per sample (one discretized logistic each, independent given the codes). Fast to train
+  and to decode (its mean); but the codes must then say everything about the waveform, its phase
+  included, and the decoded mean of what they do not say is a blur.
+* ``wavenet``: the paper's: the same mirror, ending in ``cond_channels`` features per sample instead,
+  is the local conditioning of a WaveNet (``vaelab.wavenet``) over the samples, with the speaker as
+  its global conditioning and a mixture of ``mixtures`` discretized logistics per sample. The codes
+  need then say only what the WaveNet cannot predict from the past; decoding is ancestral sampling,
+  one sample at a time.
+
+Both are conditioned on the speaker as WaveNet's global conditioning is (van den Oord et al. 2016,
+Section 2.5, a V^T h term in every layer): a learned embedding s (n_speakers, speaker_dim), mapped by
+a bias-free linear map per layer to that layer's channels and added to its input, so the codes need
+not carry who speaks; decoding the codes of one speaker with another's embedding is voice conversion
+(``convert``). ``n_speakers`` is the number of names in the data's
 ``spec.extra["labels"]["speaker"]``; batches carry each clip's speaker in ``WaveBatch.labels``.
 
 Lengths: a clip of L samples has n = ceil(L / m) codes. The audio (B, T) is zero-padded at the end to
@@ -23,12 +33,13 @@ past a row's real extent at that layer's resolution (ceil(L / stride) positions)
 code vectors of each row reach the quantizer, so a clip's loss, codes and reconstruction do not depend
 on the padding its batch adds (nor do the codebook's statistics).
 
-Likelihood p(x|z_q, s), per sample, independent given the codes and the speaker: the sample's 8-bit
-mu-law level k (``vaelab.waves.mu_law_encode``, 256 levels) is a discretized logistic over the levels
-k / 255 with decoded mean and log-scale (``vaelab.distributions.DiscretizedLogistic``, edge bins
-open). A probability of each level, so -log p is a code length: the model is of the clips quantised
-to 8-bit mu-law (what WaveNet and the paper model), and the bits per sample the evaluation reports
-are an upper bound for those (at most 8 for a sensible model). Padded samples never count.
+Likelihood p(x|z_q, s): the sample's 8-bit mu-law level k (``vaelab.waves.mu_law_encode``, 256
+levels) is a discretized logistic over the levels k / 255 (``vaelab.distributions.DiscretizedLogistic``,
+edge bins open), with decoded mean and log-scale, independent given the codes and the speaker
+(``mirror``); or a mixture of them given also the past samples (``wavenet``). A probability of each
+level, so -log p is a code length: the model is of the clips quantised to 8-bit mu-law (what WaveNet
+and the paper model), and the bits per sample the evaluation reports are an upper bound for those
+(at most 8 for a sensible model). Padded samples never count.
 
 Loss (eq. 3, in nats per clip like every vaelab loss):
     -sum_t log p(x_t | z_q, s) + ||sg[z_e] - e||^2 (``vq`` only) + beta ||z_e - sg[e]||^2,
@@ -69,6 +80,7 @@ from vaelab.quantizers import (
 )
 from vaelab.sections import AudioSection, LinesSection, Section, wav_bytes
 from vaelab.spec import DataSpec
+from vaelab.wavenet import LogisticMixture, WaveNet, levels_to_inputs, shift_right
 from vaelab.waves import MU_LAW_LEVELS, WaveBatch, mu_law_decode, mu_law_encode
 
 __all__ = ["SpeechVQVAEConfig", "SpeechVQVAE", "QuantizedClips", "mu_law_logistic_mean"]
@@ -91,6 +103,11 @@ class SpeechVQVAEConfig(ModelConfig):
     condition_on_speaker: the decoder adds a learned speaker embedding in every layer (needs the
         data's ``speaker`` labels); false decodes from the codes alone.
     speaker_dim: size of the speaker embedding.
+    decoder: ``mirror`` or ``wavenet`` (module docstring).
+    wavenet_channels / wavenet_skip / wavenet_layers / wavenet_cycle: the WaveNet's residual and skip
+        channels, gated layers, and the period of its dilations 1, 2, ..., 2^(cycle - 1).
+    cond_channels: features per sample the mirror hands the WaveNet. mixtures: logistics per sample.
+    temperature: of the WaveNet's sampling when decoding (1 draws from the model).
     """
 
     name: str = "vqvae_speech"
@@ -107,9 +124,24 @@ class SpeechVQVAEConfig(ModelConfig):
     restart_after: int = 0
     condition_on_speaker: bool = True
     speaker_dim: int = 32
+    decoder: Literal["mirror", "wavenet"] = "mirror"
+    wavenet_channels: int = 32
+    wavenet_skip: int = 64
+    wavenet_layers: int = 16
+    wavenet_cycle: int = 8
+    cond_channels: int = 16
+    mixtures: int = 10
+    temperature: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        validate_vq_settings(self, prefix, positive=("speaker_dim",))
+        validate_vq_settings(self, prefix, positive=(
+            "speaker_dim", "wavenet_channels", "wavenet_skip", "wavenet_layers", "wavenet_cycle",
+            "cond_channels", "mixtures"))
+        if self.decoder not in ("mirror", "wavenet"):
+            raise VaelabError(f"{prefix}.decoder must be 'mirror' or 'wavenet', got {self.decoder!r}")
+        if not 0.0 < self.temperature <= 1.0:
+            raise VaelabError(f"{prefix}.temperature must be in (0, 1] (1 samples the model), "
+                              f"got {self.temperature}")
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -190,18 +222,20 @@ class SpeechEncoder(nn.Module):
 
 
 class SpeechDecoder(nn.Module):
-    """z_q (B, D, T'), speaker (B,) long or None, lengths (B,) real samples -> (B, 2, T' m), the
-    discretized logistic's mean (in the levels' [0, 1] scale) and raw log-scale of every sample.
+    """z_q (B, D, T'), speaker (B,) long or None, lengths (B,) real samples -> (B, out_channels,
+    T' m): by default 2, the discretized logistic's mean (in the levels' [0, 1] scale) and raw
+    log-scale of every sample; or the WaveNet's local conditioning features.
 
     ``n_speakers`` 0: no speaker embedding; else one (n_speakers, speaker_dim), added through a
     bias-free linear map to the input of every layer after the first convolution."""
 
-    def __init__(self, cfg: SpeechVQVAEConfig, n_speakers: int):
+    def __init__(self, cfg: SpeechVQVAEConfig, n_speakers: int,
+                 out_channels: int = DiscretizedLogisticHead.params_per_dim):
         super().__init__()
         self.conv = nn.Conv1d(cfg.code_dim, cfg.hidden, 3, padding=1)
         self.blocks = _residual_blocks(cfg)
         widths = list(reversed(_widths(cfg)))  # hidden, hidden // 2, ...
-        outs = widths[1:] + [DiscretizedLogisticHead.params_per_dim]
+        outs = widths[1:] + [out_channels]
         self.up = nn.ModuleList(
             nn.ConvTranspose1d(w, o, 4, stride=2, padding=1) for w, o in zip(widths, outs)
         )
@@ -274,8 +308,16 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
         self.stride = 2**config.downsample
         self.encoder = SpeechEncoder(config)
         self.quantizer = build_quantizer(config)
-        self.decoder = SpeechDecoder(config, len(self.speaker_names))
         self.head = DiscretizedLogisticHead()
+        self.mixture = LogisticMixture(config.mixtures)
+        self.wavenet: WaveNet | None = None
+        if config.decoder == "wavenet":
+            self.decoder = SpeechDecoder(config, len(self.speaker_names), out_channels=config.cond_channels)
+            self.wavenet = WaveNet(config.wavenet_channels, config.wavenet_skip, config.wavenet_layers,
+                                   config.wavenet_cycle, config.cond_channels,
+                                   config.speaker_dim if self.speaker_names else 0, self.mixture.params)
+        else:
+            self.decoder = SpeechDecoder(config, len(self.speaker_names))
 
     # ------------------------------------------------------------------ the pieces
     @property
@@ -337,16 +379,50 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
         return QuantizedClips(z_q, codes, n, per_clip(q.commitment),
                               None if q.codebook is None else per_clip(q.codebook), q)
 
-    def decoder_output(self, z_q: Tensor, speaker: Tensor | None, lengths: Tensor, width: int) -> Tensor:
-        """The logistic's parameters: z_q (B, D, T'), speaker (B,) or None, lengths (B,) ->
-        (B, 2, width), width <= T' m."""
-        return self.decoder(z_q, speaker, lengths)[..., :width]
+    def _speaker_vector(self, speaker: Tensor | None) -> Tensor | None:
+        """The speaker embedding s (B, speaker_dim), the WaveNet's global conditioning, or None."""
+        if speaker is None or self.decoder.speaker is None:
+            return None
+        return self.decoder.speaker(speaker)
+
+    def decoder_output(self, z_q: Tensor, speaker: Tensor | None, lengths: Tensor, width: int,
+                       audio: Tensor | None = None) -> Tensor:
+        """The likelihood's parameters of every sample: z_q (B, D, T'), speaker (B,) or None, lengths
+        (B,) -> (B, P, width), width <= T' m: the logistic's 2 (``mirror``), or the mixture's 3 M
+        given also the samples before (``wavenet``; ``audio`` (B, >= width) is then needed: teacher
+        forcing)."""
+        features = self.decoder(z_q, speaker, lengths)[..., :width]
+        if self.wavenet is None:
+            return features
+        if audio is None:
+            raise ValueError("the wavenet decoder's parameters depend on the past samples: pass audio")
+        previous = shift_right(levels_to_inputs(_levels(audio[..., :width])))
+        return self.wavenet(previous, features, self._speaker_vector(speaker))
 
     def log_prob(self, out: Tensor, batch: WaveBatch) -> Tensor:
-        """log p(x|z_q, s) of the real samples: out (B, 2, T), batch (B, T) -> (B,) nats."""
-        loc, log_scale = _split(self.head, out)
-        lp = DiscretizedLogistic(loc, log_scale).log_prob(_levels(batch.audio))  # (B, T)
+        """log p(x|z_q, s) of the real samples: out (B, P, T) from ``decoder_output``, batch (B, T)
+        -> (B,) nats."""
+        if self.wavenet is None:
+            loc, log_scale = _split(self.head, out)
+            lp = DiscretizedLogistic(loc, log_scale).log_prob(_levels(batch.audio))  # (B, T)
+        else:
+            lp = self.mixture.log_prob(out, _levels(batch.audio))
         return (lp * batch.mask).sum(-1)  # padding is no evidence
+
+    def generate(self, z_q: Tensor, speaker: Tensor | None, lengths: Tensor, width: int) -> Tensor:
+        """Audio (B, width) in samples, 0 past each row's ``lengths``, decoded from z_q (B, D, T'):
+        the mean E[x|z_q, s] (``mirror``), or an ancestral sample of the WaveNet at the config's
+        temperature (``wavenet``; the global random generator's draws)."""
+        features = self.decoder(z_q, speaker, lengths)[..., :width]
+        if self.wavenet is None:
+            return self.decode_mean(features, lengths)
+        temperature = self.config.temperature
+        values, _ = self.wavenet.generate(
+            width, lambda out: levels_to_inputs(self.mixture.sample(out, temperature)),
+            cond=features, glob=self._speaker_vector(speaker))
+        level = torch.round((values + 1.0) * 0.5 * (MU_LAW_LEVELS - 1)).long()
+        audio = mu_law_decode(level).to(values.dtype)
+        return audio * (torch.arange(width, device=audio.device) < lengths[:, None])
 
     def decode_mean(self, out: Tensor, lengths: Tensor) -> Tensor:
         """E[x|z_q, s] in samples: out (B, 2, T) -> (B, T), 0 past each row's ``lengths``."""
@@ -364,7 +440,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
     @torch.no_grad()
     def decode_codes(self, codes: Tensor, speaker: int | Tensor | None = None,
                      lengths: Tensor | None = None) -> WaveBatch:
-        """E[x|z_q, s] of codes (B, T') long, as a WaveBatch (B, T' m) whose rows have ``lengths``
+        """``generate`` of codes (B, T') long (the mean E[x|z_q, s], or a WaveNet's sample), as a
+        WaveBatch (B, T' m) whose rows have ``lengths``
         (B,) real samples (default T' m each; the decoder treats code positions past
         ceil(L / m) as padding) and, with a conditioned decoder, ``labels["speaker"]`` the speakers
         decoded with.
@@ -379,7 +456,7 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
         n = self.code_lengths(lengths)
         z_q = _keep(self.quantizer.lookup(codes), n)
         s = self._speaker_tensor(speaker, b, codes.device)
-        audio = self.decode_mean(self.decoder_output(z_q, s, lengths, width), lengths)
+        audio = self.generate(z_q, s, lengths, width)
         mask = torch.arange(width, device=codes.device) < lengths[:, None]
         return WaveBatch(audio, lengths, mask, {} if s is None else {"speaker": s})
 
@@ -393,8 +470,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
 
     @torch.no_grad()
     def reconstruct(self, x: WaveBatch) -> WaveBatch:
-        """E[x | z_q(x), s]: a WaveBatch like x (B, T), decoded from x's nearest codes with each
-        clip's own speaker; 0 at the padding."""
+        """x decoded from its nearest codes with each clip's own speaker (``generate``: the mean
+        E[x | z_q(x), s], or a WaveNet's sample): a WaveBatch like x (B, T); 0 at the padding."""
         return self._decode_batch(x, self.speakers_of(x))
 
     @torch.no_grad()
@@ -412,7 +489,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
         """Eq. 3 (module docstring) on a batch (B, T): per-clip terms (B,) in nats, the quantizer's
         batch metrics (over the real code vectors) as extras."""
         q = self.quantize(batch)
-        out = self.decoder_output(q.z_q, self.speakers_of(batch), batch.lengths, batch.audio.shape[-1])
+        out = self.decoder_output(q.z_q, self.speakers_of(batch), batch.lengths, batch.audio.shape[-1],
+                                  batch.audio)
         log_px = self.log_prob(out, batch)  # (B,)
         # KL(one-hot q(z|x) || uniform p(z)) = n log K over the real code positions (Section 3.1)
         kl = q.n_codes.to(log_px.dtype) * math.log(self.config.codebook_size)
@@ -469,9 +547,11 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
                 target = self.speaker_names[int(conv.labels["speaker"][r])]
                 labels.append(f"clip {r + 1}: as speaker {target}")
         what = "originals, reconstructions" + ("" if conv is None else " and conversions to the next speaker")
-        caption = (f"{len(x)} held-out clips at {rate} Hz: {what} (the decoder's mean E[x | codes, "
-                   f"speaker], from K = {self.config.codebook_size} codes at {rate / self.stride:g} codes "
-                   "a second).")
+        how = ("the decoder's mean E[x | codes, speaker]" if self.wavenet is None else
+               "a sample of the WaveNet decoder given codes and speaker, temperature "
+               f"{self.config.temperature:g}")
+        caption = (f"{len(x)} held-out clips at {rate} Hz: {what} ({how}, from K = "
+                   f"{self.config.codebook_size} codes at {rate / self.stride:g} codes a second).")
         return [AudioSection(name="audio", title="Reconstructions and voice conversion", caption=caption,
                              clips=clips, labels=labels),
                 self._usage_section(usage)]

@@ -36,6 +36,8 @@ and the same batches, with
      ``--peer-dead-code``, commitment weight 0.25, straight-through gradient: rotation trick off unless
      ``--peer-rotation-trick``) through
      the adapter of benchmarks/vq_peer.py.
+  f  the preset with rare codes re-seeded too (restart_below = ``--peer-dead-code``: a code whose
+     moving-average use falls below that many vectors a step, the peer's rule)
 
 Each is then measured with ``vq_reference.evaluate`` on the 10,000 test images (its weights copied into
 ``PlainVQVAE``): codebook usage and perplexity over every code position of the test set, MSE of the
@@ -280,12 +282,15 @@ VARIANTS = {
     "c": ("vaelab EMA, k-means off", {"kmeans_iters": 0}),
     "d": ("vaelab EMA, both off", {"restart_after": 0, "kmeans_iters": 0}),
     "e": ("vector-quantize-pytorch VectorQuantize", None),
+    "f": ("vaelab EMA, k-means + restarts + rare-code restarts", {"restart_below": "peer"}),
 }
 
 
 def build_variant(cfg, spec, key: str, args):
     label, changes = VARIANTS[key]
     torch.manual_seed(args.seed)  # the same encoder and decoder weights in every variant
+    changes = None if changes is None else {  # "peer": the peer's dead-code threshold, for a like rule
+        k: args.peer_dead_code if v == "peer" else v for k, v in changes.items()}
     model = build_model(replace(cfg.model, **(changes or {})), spec)
     if changes is None:
         from vq_peer import PeerQuantizer
@@ -428,7 +433,7 @@ def main(argv=None) -> int:
     s.add_argument("--profile-steps", type=int, default=40)
     p = sub.add_parser("peers", parents=[common], help="quantizer options and the peer at equal steps")
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--variants", default="abcde", help="which of a-e to run (default all)")
+    p.add_argument("--variants", default="abcdef", help="which of a-f to run (default all)")
     p.add_argument("--peer-dead-code", type=float, default=2.0, help="the peer's threshold_ema_dead_code")
     p.add_argument("--peer-rotation-trick", action="store_true",
                    help="the peer's rotation-trick gradient (its default) instead of straight-through")

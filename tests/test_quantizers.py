@@ -178,6 +178,43 @@ def test_dead_codes_are_counted_then_restarted_until_every_code_is_used(cls):
     assert after.usage == 1.0 and after.dead_codes == 0
 
 
+@pytest.mark.parametrize("cls", QUANTIZERS, ids=IDS)
+def test_rare_codes_are_restarted_when_their_average_use_falls_below_the_threshold(cls):
+    """Two clusters of 30 vectors a step and one of 1: no code is ever idle, so restart_after never
+    fires; with restart_below = 2 and usage_decay = 0.5 the rare code's average use starts at the
+    mean, 61 / 3, and halves towards 1 each step (10.67, 5.83, 3.42, 2.21, 1.60): it is re-seeded at
+    step 5 exactly, with a row of that batch, and starts again at the mean use; the two common codes
+    never are. Without the rule nothing is restarted and the state dict has no usage_ema."""
+    centres = torch.tensor([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]], dtype=torch.float64)
+
+    def batch(step):
+        common = _clusters(centres[:2], 30, 0.3, seed=step)
+        rare = centres[2:] + 0.3 * torch.randn(1, 2, generator=torch.Generator().manual_seed(100 + step),
+                                               dtype=torch.float64)
+        return torch.cat([common, rare]).T.unsqueeze(0)  # (1, D=2, T=61)
+
+    q = cls(num_codes=3, dim=2, restart_after=1000, restart_below=2.0, usage_decay=0.5).double()
+    _set_codebook(q, centres)
+    torch.manual_seed(0)
+    for step in range(1, 5):
+        q(batch(step))
+        assert torch.equal(q.codebook.detach()[2].round(), centres[2]), step  # still the rare cluster's
+    assert q.usage_ema[2].item() == pytest.approx(2.2083, abs=1e-3)
+    z5 = batch(5)
+    q(z5)
+    moved = q.codebook.detach()[2]
+    assert not torch.equal(moved.round(), centres[2])
+    assert any(torch.equal(moved, row) for row in z5[0].T)
+    assert q.usage_ema[2].item() == pytest.approx(61 / 3)  # the mean use per code (the averages sum to 61)
+    assert q.usage_ema[:2].min() > 20  # the common codes: far above the threshold
+
+    off = cls(num_codes=3, dim=2, restart_after=1000).double()
+    _set_codebook(off, centres)
+    for step in range(1, 21):
+        off(batch(step))
+    assert torch.equal(off.codebook.detach()[2].round(), centres[2]) and "usage_ema" not in off.state_dict()
+
+
 def test_kmeans_initialisation_runs_once_survives_resume_and_beats_random_init():
     centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0]], dtype=torch.float64)
     x = _clusters(centres, 25, 0.1, seed=6)

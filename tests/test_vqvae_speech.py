@@ -248,6 +248,7 @@ def test_the_report_has_originals_reconstructions_and_conversions_as_audio(train
         ({"quantizer": "gumbel"}, "model.quantizer must be one of 'ema', 'vq'"),
         ({"ema_decay": 1.0}, r"model.ema_decay must be in \[0, 1\)"),
         ({"restart_after": -1}, "model.restart_after must be >= 0"),
+        ({"restart_below": -1.0}, "model.restart_below must be >= 0 vectors a step"),
     ],
 )
 def test_bad_settings_are_one_line_errors_naming_the_key(model, match):

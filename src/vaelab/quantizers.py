@@ -211,15 +211,22 @@ class CodebookQuantizer(nn.Module, ABC):
         restart_after: a code no vector took in this many consecutive training steps is re-seeded
             with a random encoder output of the current batch; 0 never restarts.
         dead_after: idle training steps after which a code counts as dead in ``dead_codes``.
+        restart_below: a code whose moving average of use falls below this many vectors a step is
+            re-seeded the same way, rare codes as well as unused ones (0: off). The average is an
+            exponential one with ``usage_decay`` (about the last 1 / (1 - decay) steps); it starts,
+            and a re-seeded code restarts, at the step's mean use per code, so a code gets the time
+            an average code's use takes to decay below the threshold to prove itself.
 
     Buffers: ``initialized`` () bool; ``idle_steps`` (K,) long, consecutive training steps each
-    code went unused (by every process together).
+    code went unused (by every process together); with ``restart_below``, ``usage_ema`` (K,), the
+    moving average of each code's use per step (negative until the first training step).
     """
 
     codebook: Tensor
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, kmeans_iters: int = 0,
-                 restart_after: int = 0, dead_after: int = 100):
+                 restart_after: int = 0, dead_after: int = 100, restart_below: float = 0.0,
+                 usage_decay: float = 0.99):
         super().__init__()
         if num_codes < 1 or dim < 1:
             raise ValueError(f"a codebook needs num_codes >= 1 and dim >= 1, got {num_codes} and {dim}")
@@ -228,14 +235,24 @@ class CodebookQuantizer(nn.Module, ABC):
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {value}")
         if dead_after < 1:
             raise ValueError(f"dead_after must be >= 1 training step, got {dead_after}")
+        if not restart_below >= 0:
+            raise ValueError(f"restart_below must be >= 0 vectors a step (0 turns it off), "
+                             f"got {restart_below}")
+        if not 0.0 <= usage_decay < 1.0:
+            raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay}")
         self.num_codes = num_codes
         self.dim = dim
         self.beta = beta
         self.kmeans_iters = kmeans_iters
         self.restart_after = restart_after
         self.dead_after = dead_after
+        self.restart_below = float(restart_below)
+        self.usage_decay = usage_decay
         self.register_buffer("initialized", torch.tensor(kmeans_iters == 0))
         self.register_buffer("idle_steps", torch.zeros(num_codes, dtype=torch.long))
+        # only with the rule (a None buffer is not saved: checkpoints without it keep their keys)
+        self.usage_ema: Tensor | None
+        self.register_buffer("usage_ema", torch.full((num_codes,), -1.0) if self.restart_below > 0 else None)
 
     # --- what the two variants do differently
     @abstractmethod
@@ -254,7 +271,8 @@ class CodebookQuantizer(nn.Module, ABC):
     # --- shared
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, "
-                f"kmeans_iters={self.kmeans_iters}, restart_after={self.restart_after}")
+                f"kmeans_iters={self.kmeans_iters}, restart_after={self.restart_after}, "
+                f"restart_below={self.restart_below:g}")
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Codebook vectors of stored codes: codes (B, *spatial) long -> (B, D, *spatial).
@@ -289,8 +307,13 @@ class CodebookQuantizer(nn.Module, ABC):
             with torch.no_grad():
                 total = self._learn(z, codes.reshape(-1), counts)
                 self.idle_steps.copy_(torch.where(total > 0, 0, self.idle_steps + 1))
+                if self.usage_ema is not None:
+                    mean_use = total.sum().to(self.usage_ema.dtype) / self.num_codes
+                    # the first step (still negative): every code starts at the mean use
+                    self.usage_ema.copy_(torch.where(self.usage_ema < 0, mean_use, self.usage_ema))
+                    self.usage_ema.lerp_(total.to(self.usage_ema.dtype), 1.0 - self.usage_decay)
         dead = (self.idle_steps >= self.dead_after).sum()
-        if self.training and self.restart_after > 0:
+        if self.training and (self.restart_after > 0 or self.usage_ema is not None):
             self._restart_idle(z)
         return Quantized(z_q=z_q, codes=codes, loss=loss, commitment=commitment, codebook=codebook,
                          perplexity=perplexity(counts), usage=usage_fraction(counts), dead_codes=dead)
@@ -315,9 +338,15 @@ class CodebookQuantizer(nn.Module, ABC):
 
     @torch.no_grad()
     def _restart_idle(self, z: Tensor) -> None:
-        """Re-seed codes idle for ``restart_after`` steps with random rows of rank 0's z (N, D)."""
-        idle = (self.idle_steps >= self.restart_after).nonzero().squeeze(1)
-        m = idle.numel()  # the same on every rank: idle_steps counts the summed usage
+        """Re-seed codes idle for ``restart_after`` steps, or used less than ``restart_below``
+        vectors a step on average, with random rows of rank 0's z (N, D)."""
+        due = torch.zeros_like(self.idle_steps, dtype=torch.bool)
+        if self.restart_after > 0:
+            due |= self.idle_steps >= self.restart_after
+        if self.usage_ema is not None:
+            due |= self.usage_ema < self.restart_below
+        idle = due.nonzero().squeeze(1)
+        m = idle.numel()  # the same on every rank: idle_steps and usage_ema count the summed usage
         if m == 0:
             return
         if _is_rank0():
@@ -328,6 +357,8 @@ class CodebookQuantizer(nn.Module, ABC):
             vectors = z.new_empty(m, self.dim)
         self._set_codes(idle, _from_rank0(vectors))
         self.idle_steps[idle] = 0
+        if self.usage_ema is not None:  # a fresh code starts at the mean use, as at the first step
+            self.usage_ema[idle] = self.usage_ema.mean()
 
 
 class VectorQuantizer(CodebookQuantizer):
@@ -339,8 +370,10 @@ class VectorQuantizer(CodebookQuantizer):
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, kmeans_iters: int = 0,
-                 restart_after: int = 0, dead_after: int = 100):
-        super().__init__(num_codes, dim, beta, kmeans_iters, restart_after, dead_after)
+                 restart_after: int = 0, dead_after: int = 100, restart_below: float = 0.0,
+                 usage_decay: float = 0.99):
+        super().__init__(num_codes, dim, beta, kmeans_iters, restart_after, dead_after, restart_below,
+                         usage_decay)
         self.codebook = nn.Parameter(torch.randn(num_codes, dim))
 
     def _codebook_loss(self, z_e: Tensor, e: Tensor) -> Tensor:
@@ -371,8 +404,10 @@ class VectorQuantizerEMA(CodebookQuantizer):
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, kmeans_iters: int = 0,
-                 restart_after: int = 0, dead_after: int = 100, decay: float = 0.99, eps: float = 1e-5):
-        super().__init__(num_codes, dim, beta, kmeans_iters, restart_after, dead_after)
+                 restart_after: int = 0, dead_after: int = 100, decay: float = 0.99, eps: float = 1e-5,
+                 restart_below: float = 0.0, usage_decay: float = 0.99):
+        super().__init__(num_codes, dim, beta, kmeans_iters, restart_after, dead_after, restart_below,
+                         usage_decay)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         if eps <= 0:

@@ -105,6 +105,9 @@ def validate_vq_settings(cfg, prefix: str, positive: tuple[str, ...] = ()) -> No
     for key in ("res_blocks", "kmeans_iters", "restart_after"):
         if getattr(cfg, key) < 0:
             raise VaelabError(f"{prefix}.{key} must be >= 0 (0 turns it off), got {getattr(cfg, key)}")
+    if not cfg.restart_below >= 0:
+        raise VaelabError(f"{prefix}.restart_below must be >= 0 vectors a step (0 turns it off), "
+                          f"got {cfg.restart_below}")
     if not cfg.beta >= 0:
         raise VaelabError(f"{prefix}.beta must be >= 0 (0.25 in the paper), got {cfg.beta}")
     if not 0.0 <= cfg.ema_decay < 1.0:
@@ -116,7 +119,7 @@ def validate_vq_settings(cfg, prefix: str, positive: tuple[str, ...] = ()) -> No
 
 def build_quantizer(cfg) -> CodebookQuantizer:
     """The quantizer ``cfg.quantizer`` names, with the config's codebook settings (any config with
-    codebook_size, code_dim, beta, kmeans_iters, restart_after, ema_decay)."""
+    codebook_size, code_dim, beta, kmeans_iters, restart_after, restart_below, ema_decay)."""
     return QUANTIZERS[cfg.quantizer](cfg)
 
 
@@ -135,6 +138,8 @@ class VQVAEConfig(ModelConfig):
         outputs with this many Lloyd iterations; 0 keeps the random N(0, 1) codebook.
     restart_after: re-seed a code unused for this many training steps with a random encoder output
         of the current batch (0: never).
+    restart_below: also re-seed a code whose moving average of use (over about 100 steps) is below
+        this many vectors a step: rare codes, not only unused ones (0: off; ``CodebookQuantizer``).
     likelihood: ``bernoulli`` (binary images), ``gaussian`` (learned per-channel variance; a density,
         so its bits/dim are not those of 8-bit images) or ``discretized_logistic`` (8-bit images:
         a probability of each level, so bits/dim is a real bound).
@@ -152,6 +157,7 @@ class VQVAEConfig(ModelConfig):
     ema_decay: float = 0.99
     kmeans_iters: int = 0
     restart_after: int = 0
+    restart_below: float = 0.0
     likelihood: Literal["bernoulli", "gaussian", "discretized_logistic"] = "bernoulli"
 
     def validate(self, prefix: str) -> None:
@@ -268,7 +274,7 @@ PIXEL_LIKELIHOODS: dict[str, type[PixelLikelihood]] = {
 
 def _codebook(cfg: VQVAEConfig) -> dict:
     return dict(num_codes=cfg.codebook_size, dim=cfg.code_dim, beta=cfg.beta, kmeans_iters=cfg.kmeans_iters,
-                restart_after=cfg.restart_after)
+                restart_after=cfg.restart_after, restart_below=cfg.restart_below)
 
 
 QUANTIZERS: dict[str, Callable[[VQVAEConfig], CodebookQuantizer]] = {

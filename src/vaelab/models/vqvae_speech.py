@@ -100,6 +100,7 @@ class SpeechVQVAEConfig(ModelConfig):
     kmeans_iters: > 0 initialises the codebook by k-means of the first training batch's encoder
         outputs with this many Lloyd iterations; 0 keeps the random N(0, 1) codebook.
     restart_after: re-seed a code unused for this many training steps (0: never).
+    restart_below: also re-seed a code used less than this many vectors a step on average (0: off).
     condition_on_speaker: the decoder adds a learned speaker embedding in every layer (needs the
         data's ``speaker`` labels); false decodes from the codes alone.
     speaker_dim: size of the speaker embedding.
@@ -122,6 +123,7 @@ class SpeechVQVAEConfig(ModelConfig):
     ema_decay: float = 0.99
     kmeans_iters: int = 0
     restart_after: int = 0
+    restart_below: float = 0.0
     condition_on_speaker: bool = True
     speaker_dim: int = 32
     decoder: Literal["mirror", "wavenet"] = "mirror"

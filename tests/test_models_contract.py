@@ -160,6 +160,11 @@ CASES = {
         (SpeechVQVAEConfig(hidden=8, res_blocks=2, res_channels=4, downsample=3, codebook_size=6, code_dim=2,
                            quantizer="vq", kmeans_iters=2, restart_after=1, condition_on_speaker=False),
          DataSpec((27,), "waveforms", extra={"sample_rate": 8000, "labels": {}}), _waves(27)),
+        # the WaveNet decoder (speaker as its global conditioning), rare codes re-seeded
+        (SpeechVQVAEConfig(hidden=8, res_blocks=1, res_channels=4, downsample=2, codebook_size=8, code_dim=3,
+                           speaker_dim=4, decoder="wavenet", wavenet_channels=4, wavenet_skip=6,
+                           wavenet_layers=3, wavenet_cycle=2, cond_channels=3, mixtures=2,
+                           restart_below=0.5), _SPEAKERS, _waves(24)),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),

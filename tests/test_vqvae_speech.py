@@ -401,3 +401,19 @@ def test_bad_wavenet_settings_are_one_line_errors(model, match):
     with pytest.raises(VaelabError, match=match) as err:
         config_from_dict({"model": {"name": "vqvae_speech", **model}})
     assert "\n" not in str(err.value)
+
+
+def test_the_auxiliary_likelihood_adds_to_the_loss_only():
+    """aux_weight w: the loss is the plain loss minus w times the auxiliary log-likelihood (nats per
+    clip, a discretized logistic per sample from the mirror's features); the bound is unchanged."""
+    plain, aux = tiny_wavenet(seed=7).eval(), tiny_wavenet(seed=7, aux_weight=0.5).eval()
+    head = {k: v for k, v in aux.state_dict().items() if k.startswith("aux_head")}
+    aux.load_state_dict(plain.state_dict() | head)  # the same weights but for the auxiliary head
+    x = batch_of(Waveforms.from_clips(clips([80, 50], seed=8)), [0, 1], [0, 2])
+    a, b = plain.loss(x), aux.loss(x)
+    torch.testing.assert_close(b.elbo, a.elbo)
+    extra = b.extras["aux_reconstruction"]
+    assert extra.shape == (2,) and bool((extra < 0).all())
+    torch.testing.assert_close(b.loss, a.loss - 0.5 * extra.mean())
+    with pytest.raises(VaelabError, match="aux_weight is for the wavenet decoder"):
+        config_from_dict({"model": {"name": "vqvae_speech", "aux_weight": 1.0}})

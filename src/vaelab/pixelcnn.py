@@ -33,10 +33,11 @@ from torch import Tensor, nn
 __all__ = ["GatedPixelCNN", "GatedLayer", "gate"]
 
 
-def gate(x: Tensor) -> Tensor:
-    """tanh(a) * sigmoid(b) for x = [a, b] split along channels: (B, 2C, H, W) -> (B, C, H, W)
-    (van den Oord et al. 2016, eq. 2)."""
-    a, b = x.chunk(2, dim=1)
+def gate(x: Tensor, dim: int = 1) -> Tensor:
+    """tanh(a) * sigmoid(b) for x = [a, b] split in halves along ``dim`` (the channels): e.g.
+    (B, 2C, H, W) -> (B, C, H, W), or (B, T, 2C) -> (B, T, C) with dim=-1 (van den Oord et al. 2016,
+    eq. 2)."""
+    a, b = x.chunk(2, dim=dim)
     return torch.tanh(a) * torch.sigmoid(b)
 
 

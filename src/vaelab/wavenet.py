@@ -30,9 +30,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Categorical
 
 from vaelab.distributions import DiscretizedLogistic
-from vaelab.waves import MU_LAW_LEVELS
+from vaelab.pixelcnn import gate
 
 __all__ = ["WaveNet", "LogisticMixture", "shift_right", "levels_to_inputs"]
 
@@ -85,14 +86,12 @@ class LogisticMixture:
     def sample(self, out: Tensor, temperature: float = 1.0) -> Tensor:
         """One draw per row: out (B, 3M) -> levels (B,) of values k / 255. ``temperature`` < 1
         sharpens the choice of component and shrinks the logistic's scale (1 is the model)."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         logits, loc, log_scale = self.split(out, -1)
-        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_(1e-12, 1.0)))
-        k = (logits / max(temperature, 1e-6) + gumbel).argmax(-1, keepdim=True)  # Gumbel-max
-        mu = loc.gather(-1, k).squeeze(-1)
-        s = torch.exp(log_scale.gather(-1, k).squeeze(-1)) * temperature
-        u = torch.rand_like(mu).clamp_(1e-6, 1 - 1e-6)
-        x = mu + s * (torch.log(u) - torch.log1p(-u))
-        return torch.round(x.clamp(0.0, 1.0) * (MU_LAW_LEVELS - 1)) / (MU_LAW_LEVELS - 1)
+        k = Categorical(logits=logits / temperature, validate_args=False).sample().unsqueeze(-1)
+        mu, ls = loc.gather(-1, k).squeeze(-1), log_scale.gather(-1, k).squeeze(-1)
+        return DiscretizedLogistic(mu, ls + math.log(temperature)).sample()  # scale times temperature
 
 
 class WaveNet(nn.Module):
@@ -155,7 +154,7 @@ class WaveNet(nn.Module):
             a = self.dilated[i](torch.cat(parts, -1))  # (B, T, 2C)
             if g is not None:
                 a = a + g[:, None, i]
-            gated = torch.tanh(a[..., :c]) * torch.sigmoid(a[..., c:])
+            gated = gate(a, dim=-1)
             out = self.post[i](gated)
             skip = skip + out[..., -self.skip_channels:]
             if i < len(self.dilations) - 1:
@@ -215,7 +214,7 @@ class WaveNet(nn.Module):
                     past = queues[i][slot].clone()
                     queues[i][slot] = h
                     a = torch.addmm(bias[t - start, i], past, w_past[i].T).addmm_(h, w_now[i].T)
-                    gated = torch.tanh(a[:, :c]) * torch.sigmoid(a[:, c:])
+                    gated = gate(a, dim=-1)
                     out = self.post[i](gated)
                     skip = skip + out[:, -self.skip_channels:]
                     if i < len(self.dilations) - 1:

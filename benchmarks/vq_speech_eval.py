@@ -305,6 +305,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     if cfg.data.sample_rate != FSDD_RATE:
         raise VaelabError(f"{args.run} resamples FSDD to {cfg.data.sample_rate} Hz; the classifiers read "
                           f"{FSDD_RATE} Hz")
+    if args.temperature:
+        if not 0.0 < args.temperature <= 1.0:
+            raise VaelabError(f"--temperature must be in (0, 1], got {args.temperature}")
+        model.config = replace(model.config, temperature=args.temperature)
     trained_on = stored.get("data", {})
     split = {k: getattr(cfg.data, k) for k in ("valid_size", "split_seed")}
     if any(trained_on.get(k) != v for k, v in split.items()):
@@ -387,6 +391,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "classifier_test_accuracy": {t: stored.get(t, {}).get("test_accuracy") for t in TASKS},
         "decode_seconds": round(decode_seconds, 1),
         "sampling_seed": args.seed,
+        "temperature": getattr(model.config, "temperature", None) if model.wavenet is not None else None,
         "definitions": {
             "snr_db": f"per clip 10 log10(sum x^2 / sum (x - x_hat)^2) over its real samples, clamped "
                       f"to [-{SNR_CAP_DB:g}, {SNR_CAP_DB:g}] dB (identical clips: {SNR_CAP_DB:g}); mean over "
@@ -475,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     e.add_argument("--no-report", action="store_true", help="leave the run's report alone")
     e.add_argument("--seed", type=int, default=0, help="of a WaveNet decoder's draws")
+    e.add_argument("--temperature", type=float, default=0.0,
+                   help="a WaveNet decoder's sampling temperature in (0, 1] (0: the run's model.temperature)")
     for q in (t, e):
         q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)

@@ -165,6 +165,11 @@ CASES = {
                            speaker_dim=4, decoder="wavenet", wavenet_channels=4, wavenet_skip=6,
                            wavenet_layers=3, wavenet_cycle=2, cond_channels=3, mixtures=2,
                            restart_below=0.5), _SPEAKERS, _waves(24)),
+        # the WaveNet decoder with both training-only terms (auxiliary likelihood, spectral distance)
+        (SpeechVQVAEConfig(hidden=8, res_blocks=1, res_channels=4, downsample=2, codebook_size=8, code_dim=3,
+                           speaker_dim=4, decoder="wavenet", wavenet_channels=4, wavenet_skip=6,
+                           wavenet_layers=3, wavenet_cycle=2, cond_channels=3, mixtures=2,
+                           aux_weight=0.5, spectral_weight=0.5), _SPEAKERS, _waves(24)),
     ],
     "mcem": [
         (MCEMConfig(latent_dim=2, hidden=[8], hmc_transitions=2, leapfrog_steps=3),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.io import wavfile
 
 from vaelab.config import config_from_dict, read_toml
@@ -20,7 +21,7 @@ from vaelab.models.base import ReportInputs
 from vaelab.models.vqvae_speech import SpeechVQVAEConfig, mu_law_logistic_mean
 from vaelab.sections import AudioSection, LinesSection
 from vaelab.spec import DataSpec
-from vaelab.waves import WaveBatch, Waveforms, mu_law_decode, mu_law_encode
+from vaelab.waves import WaveBatch, Waveforms, mu_law_decode, mu_law_encode, spectral_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny models: one thread is faster
 
@@ -417,3 +418,69 @@ def test_the_auxiliary_likelihood_adds_to_the_loss_only():
     torch.testing.assert_close(b.loss, a.loss - 0.5 * extra.mean())
     with pytest.raises(VaelabError, match="aux_weight is for the wavenet decoder"):
         config_from_dict({"model": {"name": "vqvae_speech", "aux_weight": 1.0}})
+
+
+# ----------------------------------------------------------------------------- the spectral term
+def test_spectral_distance_is_zero_for_equal_clips_and_log_c_for_a_louder_copy():
+    """|log(c |X| + f) - log(|X| + f)| = log c wherever |X| >> f: white noise of amplitude 0.5 has
+    |X| of order 3 at the smallest window, so a copy twice as loud is log 2 away (to 1e-3)."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 * torch.randn(3, 4000, generator=g)
+    lengths = torch.full((3,), 4000)
+    assert float(spectral_distance(x, x.clone(), lengths).abs().max()) == 0.0
+    torch.testing.assert_close(spectral_distance(x, 2 * x, lengths), torch.full((3,), math.log(2.0)),
+                               rtol=0, atol=1e-3)
+
+
+def test_spectral_distance_ignores_the_phase_but_not_the_pitch_nor_the_padding():
+    t = torch.arange(4000.0)
+    tone = torch.sin(0.3 * t)
+    shifted, other = torch.sin(0.3 * t + 1.0), torch.sin(0.5 * t)
+    lengths = torch.full((1,), 4000)
+    near = float(spectral_distance(tone[None], shifted[None], lengths))
+    far = float(spectral_distance(tone[None], other[None], lengths))
+    # sample by sample the shifted tone is as far off as the other pitch; in short-time spectra it
+    # is within the window's leakage (0.11 here), another pitch is not (0.99)
+    assert float((tone - shifted).pow(2).mean()) > 0.4 and float((tone - other).pow(2).mean()) > 0.4
+    assert far > 5 * near
+    # a clip padded with zeros to a longer batch keeps its distance
+    a, b = clips([700], seed=3)[0], clips([700], seed=4)[0]
+    alone = spectral_distance(a[None], b[None], torch.tensor([700]))
+    padded = spectral_distance(F.pad(a, (0, 333))[None], F.pad(b, (0, 333))[None], torch.tensor([700]))
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        spectral_distance(a[None], b[None, :600], torch.tensor([600]))
+
+
+@pytest.mark.parametrize("make", [tiny, tiny_wavenet], ids=["mirror", "wavenet"])
+def test_the_spectral_term_adds_to_the_loss_only_and_reaches_the_encoder(make):
+    """spectral_weight w: the loss is the plain loss plus w times the extra ``spectral`` (the
+    distance of each clip to its decoded mean, or to the wave head's waveform, times its length);
+    the bound is unchanged; the term's gradient reaches the encoder; padding does not change it."""
+    plain, spec = make(seed=5).eval(), make(seed=5, spectral_weight=0.5).eval()
+    spec.load_state_dict(plain.state_dict() | {k: v for k, v in spec.state_dict().items()
+                                               if k.startswith("wave_head")})
+    waves = Waveforms.from_clips(clips([300, 120], seed=6))
+    x = batch_of(waves, [0, 1], [0, 2])
+    a, b = plain.loss(x), spec.loss(x)
+    torch.testing.assert_close(b.elbo, a.elbo)
+    extra = b.extras["spectral"]
+    assert extra.shape == (2,) and bool((extra > 0).all())
+    torch.testing.assert_close(b.loss, a.loss + 0.5 * extra.mean())
+    if make is tiny:  # the mirror's decoded mean, E[x | z_q, s]
+        out = spec.decoder_output(spec.quantize(x).z_q, x.labels["speaker"], x.lengths, x.audio.shape[-1])
+        expected = spectral_distance(spec.decode_mean(out, x.lengths), x.audio, x.lengths) * x.lengths
+        torch.testing.assert_close(extra, expected)
+    else:
+        assert plain.wave_head is None and spec.wave_head is not None
+    for i in range(2):
+        alone = spec.loss(batch_of(waves, [i], [[0, 2][i]])).extras["spectral"]
+        torch.testing.assert_close(alone[0], extra[i], rtol=1e-4, atol=1e-3)
+    spec.train()
+    spec.zero_grad()
+    spec._spectral_term(*spec._outputs(spec.quantize(x).z_q, x.labels["speaker"], x.lengths,
+                                       x.audio.shape[-1], x.audio), x).sum().backward()
+    grads = [p.grad for p in spec.encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum().item() for g in grads) > 0
+    with pytest.raises(VaelabError, match="spectral_weight must be >= 0"):
+        config_from_dict({"model": {"name": "vqvae_speech", "spectral_weight": -1.0}})

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vaelab.ragged import Ragged, offsets_of
 
-__all__ = ["Waveforms", "WaveBatch", "MU_LAW_LEVELS", "mu_law_encode", "mu_law_decode"]
+__all__ = ["Waveforms", "WaveBatch", "MU_LAW_LEVELS", "mu_law_encode", "mu_law_decode", "spectral_distance"]
 
 MU_LAW_LEVELS = 256
 """Levels of 8-bit mu-law audio (mu = 255)."""
@@ -39,6 +39,33 @@ def mu_law_decode(k: Tensor, levels: int = MU_LAW_LEVELS) -> Tensor:
     mu = levels - 1
     y = 2 * k.to(torch.float32) / mu - 1
     return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
+
+
+def spectral_distance(x: Tensor, y: Tensor, lengths: Tensor, ffts: tuple[int, ...] = (128, 256, 512),
+                      floor: float = 1e-3) -> Tensor:
+    """Multi-resolution log-spectral distance of two batches of clips: x, y (B, T) samples, lengths
+    (B,) real samples per row -> (B,) float32, differentiable in x and y.
+
+    For each FFT size n (Hann window, hop n / 4, frames centred, the clip zero-padded by n / 2 at both
+    ends): the mean over frequency bins of |log(|X| + floor) - log(|Y| + floor)|, averaged over the
+    frames whose centre lies inside the clip (t < length); then the mean over the sizes. Samples past
+    a row's length should be 0 in both x and y: the result then depends on the real samples alone,
+    whatever padding the batch adds. Short-time magnitudes ignore the phase, so two waveforms that
+    sound alike are close even where they differ sample by sample."""
+    if x.shape != y.shape or x.dim() != 2:
+        raise ValueError(f"spectral_distance needs two (B, T) batches of one shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    x, y = x.float(), y.float()
+    total = torch.zeros(x.shape[0], device=x.device)
+    for n in ffts:
+        hop = n // 4
+        window = torch.hann_window(n, device=x.device)
+        mag_x, mag_y = (torch.stft(v, n, hop, n, window, center=True, pad_mode="constant",
+                                   return_complex=True).abs() for v in (x, y))
+        d = (torch.log(mag_x + floor) - torch.log(mag_y + floor)).abs().mean(1)  # (B, frames)
+        keep = (torch.arange(d.shape[-1], device=x.device) * hop < lengths[:, None]).to(d.dtype)
+        total = total + (d * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+    return total / len(ffts)
 
 
 @dataclass(frozen=True)

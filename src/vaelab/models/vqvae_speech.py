@@ -81,7 +81,7 @@ from vaelab.quantizers import (
 from vaelab.sections import AudioSection, LinesSection, Section, wav_bytes
 from vaelab.spec import DataSpec
 from vaelab.wavenet import LogisticMixture, WaveNet, levels_to_inputs, shift_right
-from vaelab.waves import MU_LAW_LEVELS, WaveBatch, mu_law_decode, mu_law_encode
+from vaelab.waves import MU_LAW_LEVELS, WaveBatch, mu_law_decode, mu_law_encode, spectral_distance
 
 __all__ = ["SpeechVQVAEConfig", "SpeechVQVAE", "QuantizedClips", "mu_law_logistic_mean"]
 
@@ -115,6 +115,14 @@ class SpeechVQVAEConfig(ModelConfig):
         WaveNet, which can model much of the audio from its own past, learns to use them: without
         it the codes collapsed onto a handful (validation perplexity 1.2 of 256 at step 3,000 of a
         trial) and the decoded digits were at chance. Not part of the bound (``elbo``); 0: off.
+    spectral_weight: weight of a multi-resolution log-spectral distance (``vaelab.waves.
+        spectral_distance``, times the clip's length in samples, so that it grows with the clip as
+        the likelihood does) between each clip and a waveform read from the decoder without
+        sampling: the decoded mean (``mirror``), or a 1x1 convolution of the mirror's features with
+        a tanh (``wavenet``). A per-sample likelihood given only the codes cannot know the phase and
+        drives the codes to carry the loudness; short-time spectra ignore the phase, so this term
+        asks the codes for what is said (the formants). Added to the training loss, not to the bound;
+        0: off.
     """
 
     name: str = "vqvae_speech"
@@ -141,6 +149,7 @@ class SpeechVQVAEConfig(ModelConfig):
     mixtures: int = 10
     temperature: float = 1.0
     aux_weight: float = 0.0
+    spectral_weight: float = 0.0
 
     def validate(self, prefix: str) -> None:
         validate_vq_settings(self, prefix, positive=(
@@ -150,6 +159,9 @@ class SpeechVQVAEConfig(ModelConfig):
             raise VaelabError(f"{prefix}.decoder must be 'mirror' or 'wavenet', got {self.decoder!r}")
         if not self.aux_weight >= 0:
             raise VaelabError(f"{prefix}.aux_weight must be >= 0 (0 turns it off), got {self.aux_weight}")
+        if not self.spectral_weight >= 0:
+            raise VaelabError(f"{prefix}.spectral_weight must be >= 0 (0 turns it off), "
+                              f"got {self.spectral_weight}")
         if self.aux_weight > 0 and self.decoder != "wavenet":
             raise VaelabError(f"{prefix}.aux_weight is for the wavenet decoder (the mirror's likelihood is "
                               f"already not autoregressive); set {prefix}.decoder = \"wavenet\" or "
@@ -327,6 +339,7 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
         self.mixture = LogisticMixture(config.mixtures)
         self.wavenet: WaveNet | None = None
         self.aux_head: nn.Conv1d | None = None
+        self.wave_head: nn.Conv1d | None = None
         if config.decoder == "wavenet":
             self.decoder = SpeechDecoder(config, len(self.speaker_names), out_channels=config.cond_channels)
             self.wavenet = WaveNet(config.wavenet_channels, config.wavenet_skip, config.wavenet_layers,
@@ -334,6 +347,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
                                    config.speaker_dim if self.speaker_names else 0, self.mixture.params)
             if config.aux_weight > 0:
                 self.aux_head = nn.Conv1d(config.cond_channels, DiscretizedLogisticHead.params_per_dim, 1)
+            if config.spectral_weight > 0:
+                self.wave_head = nn.Conv1d(config.cond_channels, 1, 1)
         else:
             self.decoder = SpeechDecoder(config, len(self.speaker_names))
 
@@ -529,8 +544,22 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
             aux = self._logistic_log_prob(self.aux_head(features), batch)
             objective = objective - self.config.aux_weight * aux
             extras = extras | {"aux_reconstruction": aux.detach()}
+        if self.config.spectral_weight > 0:  # the spectra of a waveform decoded without sampling
+            spectral = self._spectral_term(out, features, batch)
+            objective = objective + self.config.spectral_weight * spectral
+            extras = extras | {"spectral": spectral.detach()}
         return LossOutput(loss=objective.mean(), elbo=log_px - kl, reconstruction=log_px, kl=kl,
                           commitment=q.commitment, codebook=q.codebook, extras=extras)
+
+    def _spectral_term(self, out: Tensor, features: Tensor, batch: WaveBatch) -> Tensor:
+        """``spectral_weight``'s term (B,): the log-spectral distance of the clips and their decoded
+        mean (``mirror``) or the wave head's waveform (``wavenet``), times each clip's length."""
+        if self.wave_head is None:
+            wave = self.decode_mean(out, batch.lengths)
+        else:
+            wave = torch.tanh(self.wave_head(features)).squeeze(1) * batch.mask
+        audio = batch.audio * batch.mask
+        return spectral_distance(wave, audio, batch.lengths) * batch.lengths.to(wave.dtype)
 
     @torch.no_grad()
     def code_usage(self, batches: Iterable[WaveBatch]) -> CodeUsage:

@@ -43,6 +43,17 @@ the numbers; the report is rebuilt.
     python benchmarks/vq_speech_eval.py evaluate --classifiers runs/fsdd_classifiers.pt \\
         --run runs/vqvae_speech_fsdd --out runs/vqvae_speech_fsdd/fsdd_eval
 
+``robustness`` scores the classifiers on the 300 test recordings changed in known ways (white noise
+at 20, 10 and 5 dB SNR, scaled by 0.3, resynthesised from their 256- or 64-point |STFT| with random
+phases, a 4-sample moving average), so that ``evaluate``'s accuracies can be read: which errors of a
+decoder the classifiers forgive. Measured (seed 0): digits 99.3% / speakers 99.3% on the originals;
+noise at 20 dB 94.7% / 81.3%, at 10 dB 66.0% / 39.0%, at 5 dB 40.3% / 31.3%; scaled by 0.3 94.3% /
+64.7% (the speaker classifier hears loudness); random phase (256) 97.3% / 96.3%, (64) 91.7% / 80.0%;
+moving average 75.7% / 85.3%. The short-time magnitudes carry the words: a decoder need not get the
+phase right, only the spectra.
+
+    python benchmarks/vq_speech_eval.py robustness --classifiers runs/fsdd_classifiers.pt
+
 The classifier file holds weights and numbers only (``torch.load(weights_only=True)``).
 
 Measured on one thread of the busy 2-core reference machine (niced, beside two training runs), with
@@ -69,6 +80,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -458,6 +470,52 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- robustness
+def random_phase(x: Tensor, n_fft: int, generator: torch.Generator) -> Tensor:
+    """x (n,) resynthesised from its |STFT| (Hann n_fft, hop n_fft / 4) with uniformly random phases:
+    the same short-time magnitudes, none of the waveform's phase."""
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(x, n_fft, n_fft // 4, n_fft, window, return_complex=True)
+    phase = torch.exp(2j * math.pi * torch.rand(spec.shape, generator=generator))
+    return torch.istft(spec.abs() * phase, n_fft, n_fft // 4, n_fft, window, length=len(x))
+
+
+def degradations(seed: int) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Named changes of a clip (n,) -> (n,), each a kind of error a decoder makes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def noise(snr: float) -> Callable[[Tensor], Tensor]:
+        return lambda x: x + torch.randn(x.shape, generator=g) * x.pow(2).mean().sqrt() * 10 ** (-snr / 20)
+
+    def smooth(x: Tensor) -> Tensor:  # a 4-sample moving average: a low-pass, -6 dB near 1.4 kHz
+        return F.avg_pool1d(x[None, None], 4, 1, 2, count_include_pad=False)[0, 0, : len(x)]
+
+    return {"white noise at 20 dB SNR": noise(20), "white noise at 10 dB SNR": noise(10),
+            "white noise at 5 dB SNR": noise(5), "scaled by 0.3": lambda x: 0.3 * x,
+            "random phase, 256-point STFT": lambda x: random_phase(x, 256, g),
+            "random phase, 64-point STFT": lambda x: random_phase(x, 64, g),
+            "4-sample moving average": smooth}
+
+
+def robustness(args: argparse.Namespace) -> dict:
+    """The classifiers on the 300 test recordings changed in known ways (``degradations``): what
+    kind of decoding error they forgive, to read ``evaluate``'s accuracies by."""
+    classifiers, _ = load_classifiers(args.classifiers)
+    bundle = fsdd_bundle(DEFAULT_DATA)
+    labels = bundle.label_sets("test")
+    originals = clips_of(bundle.test)
+    result: dict = {"clips": len(originals), "seed": args.seed, "accuracy": {}}
+    versions = {"original": originals} | {name: [f(x) for x in originals]
+                                          for name, f in degradations(args.seed).items()}
+    for name, clips in versions.items():
+        x = features(clips)
+        scores = {t: round(accuracy(predict(classifiers[t], x), labels[t]), 4) for t in TASKS}
+        result["accuracy"][name] = scores
+        result["accuracy"][name]["lsd_db"] = round(float(np.mean([
+            lsd_db(magnitudes(o), magnitudes(c)) for o, c in zip(originals, clips)])), 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -482,13 +540,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--seed", type=int, default=0, help="of a WaveNet decoder's draws")
     e.add_argument("--temperature", type=float, default=0.0,
                    help="a WaveNet decoder's sampling temperature in (0, 1] (0: the run's model.temperature)")
-    for q in (t, e):
+    r = sub.add_parser("robustness", help="the classifiers on test recordings with known degradations")
+    r.add_argument("--classifiers", required=True, help="a file written by train-classifiers")
+    r.add_argument("--seed", type=int, default=0)
+    for q in (t, e, r):
         q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
-        result = train_classifiers(args) if args.command == "train-classifiers" else evaluate(args)
+        command = {"train-classifiers": train_classifiers, "evaluate": evaluate, "robustness": robustness}
+        result = command[args.command](args)
     except VaelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

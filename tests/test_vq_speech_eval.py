@@ -127,6 +127,37 @@ def test_evaluate_a_smoke_run_end_to_end(ev, data_root, tmp_path, capsys):
     page = Path(result["report"]).read_text()
     assert "FSDD: reconstructions and voice conversion, classified" in page
 
+    assert ev.main(["robustness", "--classifiers", str(clf)]) == 0
+    robust = json.loads(capsys.readouterr().out)
+    assert robust["clips"] == 300 and len(robust["accuracy"]) == 8
+    assert robust["accuracy"]["original"]["lsd_db"] == 0.0
+    for name, scores in robust["accuracy"].items():
+        assert 0.0 <= scores["digit"] <= 1.0 and 0.0 <= scores["speaker"] <= 1.0
+        assert name == "original" or scores["lsd_db"] > 0.0
+
+
+def test_the_degradations_do_what_they_say(ev):
+    """Noise at s dB SNR measures s dB (to 0.3 over 40,000 samples); a random-phase resynthesis
+    keeps the spectrum's shape but not the waveform; the scaling and the moving average are exact."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.sin(torch.arange(40000.0) * 0.2) + 0.3 * torch.randn(40000, generator=g)
+    changes = ev.degradations(seed=0)
+    for snr in (20, 10, 5):
+        y = changes[f"white noise at {snr} dB SNR"](x)
+        assert abs(ev.snr_db(x, y) - snr) < 0.3
+    assert torch.equal(changes["scaled by 0.3"](x), 0.3 * x)
+    smooth = changes["4-sample moving average"](x)
+    torch.testing.assert_close(smooth[10], x[8:12].mean())
+    assert smooth.shape == x.shape
+    r = changes["random phase, 256-point STFT"](x)
+    assert r.shape == x.shape and ev.snr_db(x, r) < 3.0  # not the waveform
+    # its spectrum, averaged over frames, has the original's shape (the overlap-add of frames with
+    # unrelated phases loses energy, so compare shapes, not levels)
+    other = torch.sin(torch.arange(40000.0) * 0.5) + 0.3 * torch.randn(40000, generator=g)
+    a, b, c = (ev.magnitudes(v).mean(1) for v in (x, r, other))
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.9  # 0.92 here
+    assert float(torch.corrcoef(torch.stack([a, c]))[0, 1]) < 0.5  # another pitch
+
 
 def test_evaluate_refuses_a_missing_classifier_file_in_one_line(ev, tmp_path, capsys):
     assert ev.main(["evaluate", "--classifiers", str(tmp_path / "none.pt"), "--run", str(tmp_path),

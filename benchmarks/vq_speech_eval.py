@@ -403,7 +403,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "classifier_test_accuracy": {t: stored.get(t, {}).get("test_accuracy") for t in TASKS},
         "decode_seconds": round(decode_seconds, 1),
         "sampling_seed": args.seed,
-        "temperature": getattr(model.config, "temperature", None) if model.wavenet is not None else None,
+        "temperature": model.config.temperature if model.wavenet is not None else None,
         "definitions": {
             "snr_db": f"per clip 10 log10(sum x^2 / sum (x - x_hat)^2) over its real samples, clamped "
                       f"to [-{SNR_CAP_DB:g}, {SNR_CAP_DB:g}] dB (identical clips: {SNR_CAP_DB:g}); mean over "

@@ -558,8 +558,8 @@ class SpeechVQVAE(Model, DiscreteCodeModel, Reconstructing):
             wave = self.decode_mean(out, batch.lengths)
         else:
             wave = torch.tanh(self.wave_head(features)).squeeze(1) * batch.mask
-        audio = batch.audio * batch.mask
-        return spectral_distance(wave, audio, batch.lengths) * batch.lengths.to(wave.dtype)
+        # a WaveBatch is 0 past each clip's end already, as spectral_distance needs
+        return spectral_distance(wave, batch.audio, batch.lengths) * batch.lengths.to(wave.dtype)
 
     @torch.no_grad()
     def code_usage(self, batches: Iterable[WaveBatch]) -> CodeUsage:

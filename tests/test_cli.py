@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,24 @@ def test_resume_through_the_cli(tmp_path, capsys):
     )
     state = _latest_state(out)
     assert state["epoch"] == 2.0
+
+
+def test_a_folder_being_trained_is_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    lock = out / ".lock"
+    argv = ["train", SMOKE, "--out", str(out), "--quiet", "--no-eval", "--set", "train.epochs=1"]
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # held by a live process: this one
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"is being trained by process {os.getpid()}" in err and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+    # held by a process that has ended (its pid is free again): taken over, and released at the end
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    lock.write_text(f"{socket.gethostname()} {gone}\n")
+    assert main(argv) == 0
+    assert (out / "checkpoints").is_dir() and not lock.exists()
 
 
 def test_train_records_the_given_command_and_resuming_a_version_1_folder_keeps_it_version_1(tmp_path):

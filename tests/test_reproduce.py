@@ -46,3 +46,48 @@ def test_reproduce_errors_are_one_line(toy, tmp_path, capsys):
     assert "unknown reproduction 'nonesuch'" in err and "toy" in err and "Traceback" not in err
     assert main(["reproduce", "toy", "--budget", "2", "--out", str(tmp_path / "y")]) == 2
     assert "--budget must be a fraction" in capsys.readouterr().err
+
+
+@pytest.fixture
+def parted(monkeypatch):
+    """A reproduction of two children, a and b, each finished by writing its ``done`` file."""
+
+    def run(ctx):
+        for name in ("a", "b"):
+            child = ctx.child(name)
+            if (child / "done").is_file():
+                continue
+            if not ctx.selected(name):
+                ctx.skip(name)
+                continue
+            child.mkdir(exist_ok=True)
+            (child / "done").write_text("finished")
+        if ctx.missing:
+            return []
+        return [TableSection(name="table", title="Parts", caption="both children.", header=["n"], rows=[[2]])]
+
+    rep = reproduce.Reproduction("parted", "Two parts", "two children", run, parts=lambda ctx: ["a", "b"])
+    monkeypatch.setitem(reproduce.REPRODUCTIONS, "parted", rep)
+
+
+def test_parts_train_in_separate_calls_and_the_last_draws_the_figure(parted, toy, tmp_path, capsys):
+    out = tmp_path / "p"
+    base = ["reproduce", "parted", "--budget", "0.5", "--out", str(out), "--quiet"]
+    assert main(base + ["--list-parts"]) == 0
+    assert capsys.readouterr().out.split() == ["a", "b"]
+    assert main(base + ["--part", "a"]) == 0
+    said = capsys.readouterr().out
+    assert "trained: a" in said and "still to train (b)" in said
+    assert (out / "runs" / "a" / "done").is_file() and not (out / "runs" / "b").exists()
+    assert not (out / "report.html").exists()
+    assert main(base + ["--part", "b"]) == 0
+    assert (out / "report.html").is_file() and "report:" in capsys.readouterr().out
+    # mistakes are one line each
+    assert main(base + ["--part", "c"]) == 2
+    assert "unknown part 'c' of parted; its parts: a, b" in capsys.readouterr().err
+    assert main(["reproduce", "toy", "--out", str(tmp_path / "t"), "--part", "a"]) == 2
+    assert "has no parts; run it without --part" in capsys.readouterr().err
+    # one folder, one budget: children of two budgets would mix
+    assert main(["reproduce", "parted", "--budget", "0.25", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds parted at budget 0.5" in err and "pass another --out" in err and "Traceback" not in err

@@ -76,7 +76,14 @@ def test_verdict_compares_at_the_same_number_of_samples():
 @pytest.mark.datasets("mnist")
 def test_fig3_marginal_likelihood_curves(tmp_path, data_root):
     out = tmp_path / "fig3"
-    assert main(["reproduce", "kingma2014-fig3", "--budget", "1e-5", "--out", str(out), "--quiet"]) == 0
+    cmd = ["reproduce", "kingma2014-fig3", "--budget", "1e-5", "--out", str(out), "--quiet"]
+    # one child first (--part), then the rest: the first is reused, not trained or measured again
+    assert main(cmd + ["--part", "fig3-n1000-vae"]) == 0
+    assert not (out / "report.html").exists()
+    first = (out / "runs" / "fig3-n1000-vae" / "ais.jsonl").read_text()
+    assert not (out / "runs" / "fig3-n50000-vae" / "done").exists()
+    assert main(cmd) == 0
+    assert (out / "runs" / "fig3-n1000-vae" / "ais.jsonl").read_text() == first
     s = _sections(out)
     table = s["fig3-table"].rows
     assert {r[1] for r in table} == {"AEVB", "wake-sleep", "MCEM"}

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -47,6 +48,7 @@ from vaelab.runfolder import (
     RUN_VERSION,
     check_parent,
     checkpoint_sha256,
+    run_lock,
     run_version,
     start_run_folder,
     write_run_file,
@@ -370,8 +372,18 @@ def train_run(
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     version = run_version(run_dir) if resume else RUN_VERSION
+    with ExitStack() as held:
+        return _train(cfg, run_dir, device, resume, progress, extra_callbacks, command, version, rank, world,
+                      held)
+
+
+def _train(cfg: RunConfig, run_dir: Path, device: torch.device, resume: bool, progress: bool | None,
+           extra_callbacks: list[Callback] | None, command: str | None, version: int, rank: int, world: int,
+           held: ExitStack) -> tuple[Trainer, Prepared]:
     _link_parent(cfg, run_dir, resume)
     prep = prepare(cfg, device, rank=rank, world=world)
+    if rank == 0:  # the data and model are valid: from here on this process writes into the folder
+        held.enter_context(run_lock(run_dir))
     if rank == 0:
         # config.json as dump_json writes it (keys sorted)
         start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)

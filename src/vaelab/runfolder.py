@@ -19,6 +19,10 @@ Every command writes the shared files the same way: :func:`start_run_folder` (``
 the full typed config; ``command.txt``, appended; ``run.json``), :func:`write_metrics`
 (``metrics.jsonl``), :func:`write_json`.
 
+Training holds ``.lock`` in the folder (:func:`run_lock`: this host and process id), so a second
+process training into the same folder is refused in one line instead of interleaving checkpoints; a
+lock left by a process that no longer runs on this host is taken over.
+
 Parent runs: a run that builds on another (a prior over a VQ-VAE's codes) names the parent's folder
 in ``parent.run``; when it starts, the sha256 of the parent checkpoint's weights
 (:func:`checkpoint_sha256`) is recorded in ``parent.sha256``, and every load checks it.
@@ -30,8 +34,10 @@ import dataclasses
 import json
 import os
 import shlex
+import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +193,60 @@ def write_json(run_dir: str | Path, name: str, data: Any) -> Path:
     path = Path(run_dir) / name
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _lock_holder_alive(path: Path) -> str | None:
+    """``host pid`` of the lock at ``path`` while that process may still run, else None (stale)."""
+    try:
+        host, pid_text = path.read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: its writer died between open and write
+    if host != socket.gethostname():
+        return f"{host} {pid}"  # another machine's process: cannot be checked from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # exists, owned by another user
+    return f"{host} {pid}"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while training: a second process training into the folder gets a
+    one-line VaelabError; a stale lock (its process gone) is replaced."""
+    run = Path(run_dir)
+    path = run / ".lock"
+    mine = f"{socket.gethostname()} {os.getpid()}\n"
+    for _ in range(3):
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder_alive(path)
+            if holder is not None:
+                raise VaelabError(
+                    f"run folder {run} is being trained by process {holder.split()[1]} on "
+                    f"{holder.split()[0]}; wait for it, pass another --out, or delete {path} if that "
+                    "process is gone") from None
+            path.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            raise VaelabError(
+                f"cannot write the run folder {run}: {exc.strerror or exc}; pass a writable --out"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(mine)
+        break
+    else:
+        raise VaelabError(f"cannot take the lock {path}; delete it if no process trains into {run}")
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text(encoding="utf-8") == mine:
+                path.unlink()
+        except OSError:
+            pass

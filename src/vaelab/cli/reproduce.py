@@ -23,13 +23,20 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="run folder (default runs/<name>)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: PyTorch's default)")
+    p.add_argument(
+        "--part", action="append", default=None, metavar="NAME",
+        help="train only this child run (repeatable; --list-parts names them); the figure is drawn by "
+             "the call that finds every child finished",
+    )
+    p.add_argument("--list-parts", action="store_true", help="list the child runs of NAME at --budget")
     _common(p)
 
 
 @command("reproduce", "reproduce a paper's figure or table (vaelab reproduce --list)", _reproduce_args)
 def reproduce_cmd(args: argparse.Namespace) -> int:
+    from vaelab.errors import VaelabError
     from vaelab.experiment import resolve_device
-    from vaelab.reproduce import get, reproduction_names, run_reproduction
+    from vaelab.reproduce import Context, PartsMissing, get, reproduction_names, run_reproduction
     from vaelab.runfolder import command_line
 
     if args.list or not args.name:
@@ -39,13 +46,24 @@ def reproduce_cmd(args: argparse.Namespace) -> int:
         return 0
     rep = get(args.name)
     out = Path(args.out) if args.out else Path("runs") / args.name
+    if args.list_parts:
+        if rep.parts is None:
+            raise VaelabError(f"reproduction {args.name!r} has no parts; run it without --part")
+        for part in rep.parts(Context(out=out, budget=args.budget)):
+            print(part)
+        return 0
     device = resolve_device(args.device)
-    print(f"reproducing {rep.title} (budget {args.budget:g} of the full one, {device}) -> {out}",
+    only = f", parts {', '.join(args.part)}" if args.part else ""
+    print(f"reproducing {rep.title} (budget {args.budget:g} of the full one{only}, {device}) -> {out}",
           file=sys.stderr)
-    path = run_reproduction(
-        args.name, out, budget=args.budget, device=device, seed=0 if args.seed is None else args.seed,
-        progress=bool(args.progress), threads=args.threads,
-        command=command_line(getattr(args, "_argv", None)),
-    )
+    try:
+        path = run_reproduction(
+            args.name, out, budget=args.budget, device=device, seed=0 if args.seed is None else args.seed,
+            progress=bool(args.progress), threads=args.threads, parts=args.part,
+            command=command_line(getattr(args, "_argv", None)),
+        )
+    except PartsMissing as exc:
+        print(f"trained: {', '.join(args.part or [])}; {exc}")
+        return 0
     print(f"report: {path}")
     return 0

@@ -27,7 +27,7 @@ from vaelab.reproduce.kingma2014 import BATCH, kw_config, train_child
 from vaelab.sections import CurvesSection, Section, TableSection, TextSection
 from vaelab.train.callbacks import Callback
 
-__all__ = ["AISCurve", "run_fig3", "curve_points", "AIS_SETTINGS"]
+__all__ = ["AISCurve", "run_fig3", "fig3_parts", "curve_points", "AIS_SETTINGS"]
 
 HIDDEN, LATENT = 100, 3
 METHODS = (("vae", "AEVB", 1e8), ("wake_sleep", "wake-sleep", 1e8), ("mcem", "MCEM", 1e7))
@@ -110,22 +110,40 @@ def _fixed_sets(ctx: Context, n_train: int) -> dict[str, torch.Tensor]:
     return {"train": train[:k].contiguous(), "test": test[:k].contiguous()}
 
 
-def run_fig3(ctx: Context) -> list[Section]:
-    settings = dict(AIS_SETTINGS)
-    settings["n_steps"] = ctx.measured(settings["n_steps"], minimum=10)
-    curves: dict[tuple[int, str], list[dict[str, Any]]] = {}
+def _children(ctx: Context) -> list[tuple[int, int, str, dict[str, Any]]]:
+    """(N, the training images used, method label, child config) of each of the six runs."""
+    out = []
     for n_train in SIZES:
         n = n_train if ctx.budget >= 0.01 else min(n_train, ctx.scaled_log(n_train, minimum=200))
-        sets = _fixed_sets(ctx, n)
         for model, label, samples in METHODS:
             steps = ctx.scaled(samples / BATCH, minimum=4)
             cfg = kw_config(f"fig3-n{n_train}-{model}", model=model, dataset="mnist", latent_dim=LATENT,
                             hidden=HIDDEN, steps=steps, n_train=n, limit=n, valid_size=0, seed=ctx.seed,
                             eval_every=steps)
-            run_dir = ctx.child(cfg["name"])
-            cb = AISCurve(run_dir, curve_points(steps), sets, settings, seed=ctx.seed)
-            train_child(ctx, cfg, callbacks=[cb], evaluate=False)
-            curves[(n_train, label)] = _read_curve(run_dir)
+            out.append((n_train, n, label, cfg))
+    return out
+
+
+def fig3_parts(ctx: Context) -> list[str]:
+    """The six child runs' names (``vaelab reproduce kingma2014-fig3 --part NAME``)."""
+    return [cfg["name"] for _, _, _, cfg in _children(ctx)]
+
+
+def run_fig3(ctx: Context) -> list[Section]:
+    settings = dict(AIS_SETTINGS)
+    settings["n_steps"] = ctx.measured(settings["n_steps"], minimum=10)
+    curves: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    sets: dict[int, dict[str, torch.Tensor]] = {}
+    for n_train, n, label, cfg in _children(ctx):
+        run_dir = ctx.child(cfg["name"])
+        if ctx.selected(cfg["name"]) and n_train not in sets:
+            sets[n_train] = _fixed_sets(ctx, n)
+        steps = cfg["train"]["max_steps"]
+        cb = AISCurve(run_dir, curve_points(steps), sets.get(n_train, {}), settings, seed=ctx.seed)
+        train_child(ctx, cfg, callbacks=[cb], evaluate=False)
+        curves[(n_train, label)] = _read_curve(run_dir)
+    if ctx.missing:
+        return []
     return _fig3_sections(curves, settings, ctx)
 
 

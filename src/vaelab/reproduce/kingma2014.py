@@ -106,7 +106,8 @@ def train_child(
 
     A finished child holds ``eval.json`` (written only after its training ended): it is reused as it
     is. Ctrl-C or SIGTERM during training leaves a resumable checkpoint and ends the reproduction
-    (KeyboardInterrupt, exit status 130); running the same command again continues it."""
+    (KeyboardInterrupt, exit status 130); running the same command again continues it. An unfinished
+    child that ``--part`` does not name is left as it is and recorded in ``ctx.missing``."""
     from vaelab.config import config_from_dict
     from vaelab.experiment import evaluate_run, train_run
     from vaelab.report.build import build_report
@@ -114,6 +115,9 @@ def train_child(
 
     run_dir = ctx.child(cfg["name"])
     if (run_dir / "eval.json").is_file() or (not evaluate and (run_dir / "done").is_file()):
+        return run_dir
+    if not ctx.selected(cfg["name"]):  # --part names other children: leave this one to its own call
+        ctx.skip(cfg["name"])
         return run_dir
     resume = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
     run_cfg = config_from_dict(cfg)
@@ -296,12 +300,19 @@ def fig2(ctx: Context) -> list[Section]:
 # ----------------------------------------------------------------------------- Figure 3
 
 
+def _fig3_parts(ctx: Context) -> list[str]:
+    from vaelab.reproduce.fig3 import fig3_parts
+
+    return fig3_parts(ctx)
+
+
 @reproduction(
     "kingma2014-fig3",
     "Kingma & Welling (2014), Figure 3: estimated marginal likelihood of AEVB, wake-sleep and Monte "
     "Carlo EM against training samples (MNIST, 3 latent variables, N = 1,000 and 50,000)",
     "AEVB and wake-sleep to 10^8 training samples, MCEM to 10^7; AIS on 1,000 training and 1,000 test "
     "images at 8 points per curve; budget 0.03 took 43 min here",
+    parts=_fig3_parts,
 )
 def fig3(ctx: Context) -> list[Section]:
     from vaelab.reproduce.fig3 import run_fig3

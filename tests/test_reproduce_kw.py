@@ -34,7 +34,11 @@ def test_fig4_manifolds_and_fig5_samples(tmp_path, data_root):
     assert (child / "eval.json").stat().st_mtime_ns == before  # a finished child is reused, not retrained
 
     out = tmp_path / "fig5"
-    assert main(["reproduce", "kingma2014-fig5", "--budget", "1e-5", "--out", str(out), "--quiet"]) == 0
+    cmd = ["reproduce", "kingma2014-fig5", "--budget", "1e-5", "--out", str(out), "--quiet"]
+    assert main(cmd + ["--part", "fig5-z20", "--part", "fig5-z2"]) == 0  # two of the four, no figure yet
+    assert {p.name for p in (out / "runs").iterdir()} == {"fig5-z2", "fig5-z20"}
+    assert not (out / "report.html").exists()
+    assert main(cmd + ["--part", "fig5-z5", "--part", "fig5-z10"]) == 0  # the last two: drawn
     s = _sections(out)
     for d in (2, 5, 10, 20):
         assert s[f"samples-z{d}"].images.shape == (100, 1, 28, 28)
@@ -44,8 +48,12 @@ def test_fig4_manifolds_and_fig5_samples(tmp_path, data_root):
 @pytest.mark.datasets("mnist", "frey")
 def test_fig2_bound_curves_for_aevb_and_wake_sleep(tmp_path, data_root):
     out = tmp_path / "fig2"
-    assert main(["reproduce", "kingma2014-fig2", "--budget", "2e-5", "--out", str(out), "--quiet"]) == 0
+    cmd = ["reproduce", "kingma2014-fig2", "--budget", "2e-5", "--out", str(out), "--quiet"]
+    assert main(cmd + ["--part", "fig2-frey-z2-wake_sleep"]) == 0
+    assert [p.name for p in (out / "runs").iterdir()] == ["fig2-frey-z2-wake_sleep"]
+    assert main(cmd) == 0
     s = _sections(out)
+    assert list(s)[:4] == ["fig2-mnist-z3", "fig2-mnist-z5", "fig2-frey-z2", "fig2-frey-z5"]
     curves = s["fig2-mnist-z3"]
     assert any(lab.startswith("AEVB") for lab in curves.labels)
     assert any(lab.startswith("wake-sleep") for lab in curves.labels)

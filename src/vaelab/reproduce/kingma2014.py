@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,22 +173,42 @@ def _fmt(v: float, se: float | None = None) -> str:
 # ----------------------------------------------------------------------------- Figure 4
 
 
+FIG4_DATA = (("mnist", MNIST_HIDDEN, 54_000), ("frey", FREY_HIDDEN, 1_591))
+
+
+def _fig4_children(ctx: Context) -> list[dict[str, Any]]:
+    return [kw_config(f"fig4-{dataset}", model="vae", dataset=dataset, latent_dim=2, hidden=hidden,
+                      steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed, **_eval(ctx))
+            for dataset, hidden, n_train in FIG4_DATA]
+
+
+def _train_all(ctx: Context, children: list[dict[str, Any]]) -> list[Path] | None:
+    """Train (or reuse) every child that ``ctx`` selects; None while any is still to train."""
+    runs = [train_child(ctx, cfg) for cfg in children]
+    return None if ctx.missing else runs
+
+
+def _names(children: Callable[[Context], list[dict[str, Any]]]) -> Callable[[Context], list[str]]:
+    return lambda ctx: [cfg["name"] for cfg in children(ctx)]
+
+
 @reproduction(
     "kingma2014-fig4",
     "Kingma & Welling (2014), Figure 4: learned 2-D latent manifolds of MNIST and Frey Face (AEVB)",
     "10^7 training samples per dataset (MNIST 500 hidden, Frey Face 200 hidden); budget 0.3 took 16 min "
     "here (one thread, beside other jobs)",
+    parts=_names(_fig4_children),
 )
 def fig4(ctx: Context) -> list[Section]:
     """AEVB with a 2-D latent space on MNIST and Frey Face; the decoder means over a 20x20 grid of z
     through the inverse Gaussian CDF, as the paper draws them (and the interactive explorer in each
     child's report)."""
+    runs = _train_all(ctx, _fig4_children(ctx))
+    if runs is None:
+        return []
     out: list[Section] = []
     rows = []
-    for dataset, hidden, n_train in (("mnist", MNIST_HIDDEN, 54_000), ("frey", FREY_HIDDEN, 1_591)):
-        cfg = kw_config(f"fig4-{dataset}", model="vae", dataset=dataset, latent_dim=2, hidden=hidden,
-                        steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed, **_eval(ctx))
-        run = train_child(ctx, cfg)
+    for (dataset, _, _), run in zip(FIG4_DATA, runs):
         label = "MNIST" if dataset == "mnist" else "Frey Face"
         out.append(child_section(run, "manifold", f"manifold-{dataset}", f"{label}: the learned manifold"))
         ev = child_eval(run)
@@ -204,19 +224,29 @@ def fig4(ctx: Context) -> list[Section]:
 # ----------------------------------------------------------------------------- Figure 5
 
 
+FIG5_SIZES = (2, 5, 10, 20)
+
+
+def _fig5_children(ctx: Context) -> list[dict[str, Any]]:
+    return [kw_config(f"fig5-z{d}", model="vae", dataset="mnist", latent_dim=d, hidden=MNIST_HIDDEN,
+                      steps=_steps(ctx, 1e7), n_train=54_000, seed=ctx.seed, **_eval(ctx))
+            for d in FIG5_SIZES]
+
+
 @reproduction(
     "kingma2014-fig5",
     "Kingma & Welling (2014), Figure 5: random MNIST samples for latent sizes 2, 5, 10 and 20 (AEVB)",
     "10^7 training samples per latent size (MNIST, 500 hidden units); budget 0.3 took 33 min here",
+    parts=_names(_fig5_children),
 )
 def fig5(ctx: Context) -> list[Section]:
     """Samples E[x|z], z ~ N(0, I), from AEVB models with 2, 5, 10 and 20 latent variables."""
+    runs = _train_all(ctx, _fig5_children(ctx))
+    if runs is None:
+        return []
     out: list[Section] = []
     rows = []
-    for d in (2, 5, 10, 20):
-        cfg = kw_config(f"fig5-z{d}", model="vae", dataset="mnist", latent_dim=d, hidden=MNIST_HIDDEN,
-                        steps=_steps(ctx, 1e7), n_train=54_000, seed=ctx.seed, **_eval(ctx))
-        run = train_child(ctx, cfg)
+    for d, run in zip(FIG5_SIZES, runs):
         s = child_section(run, "samples", f"samples-z{d}", f"{d}-D latent space",
                           caption=f"100 random samples (decoder means), {d} latent variables.")
         out.append(s)
@@ -254,40 +284,61 @@ def _bound_curves(runs: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, list[s
             np.stack([pad(y) for y in ys]) if ys else np.zeros((0, 1)), labels, styles, colors)
 
 
+FIG2_GRIDS = (("mnist", MNIST_HIDDEN, 54_000, (3, 5, 10, 20, 200)),
+              ("frey", FREY_HIDDEN, 1_591, (2, 5, 10, 20)))
+FIG2_METHODS = (("vae", "AEVB"), ("wake_sleep", "wake-sleep"))
+
+
+def _fig2_grid(ctx: Context) -> list[tuple[str, str, int, str, dict[str, Any]]]:
+    """(dataset, its label, latent size, method label, child config) of every run."""
+    out = []
+    for dataset, hidden, n_train, sizes in FIG2_GRIDS:
+        if ctx.budget < 0.01:  # a quick look: two latent sizes per dataset
+            sizes = sizes[:2]
+        label = "MNIST" if dataset == "mnist" else "Frey Face"
+        for d in sizes:
+            for model, name in FIG2_METHODS:
+                cfg = kw_config(f"fig2-{dataset}-z{d}-{model}", model=model, dataset=dataset, latent_dim=d,
+                                hidden=hidden, steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed,
+                                **_eval(ctx))
+                out.append((dataset, label, d, name, cfg))
+    return out
+
+
+def _fig2_children(ctx: Context) -> list[dict[str, Any]]:
+    return [cfg for *_, cfg in _fig2_grid(ctx)]
+
+
 @reproduction(
     "kingma2014-fig2",
     "Kingma & Welling (2014), Figure 2: the lower bound against training samples, AEVB and wake-sleep",
     "10^7 training samples per run; MNIST latent sizes 3, 5, 10, 20, 200 (500 hidden) and Frey Face "
     "2, 5, 10, 20 (200 hidden), AEVB and wake-sleep: 18 runs; budget 0.03 took 27 min here",
+    parts=_names(_fig2_children),
 )
 def fig2(ctx: Context) -> list[Section]:
     """AEVB against wake-sleep: the lower bound of the training set (the logged window means) and of
     a held-out set, against the number of training samples evaluated, per latent size."""
-    grids = (("mnist", MNIST_HIDDEN, 54_000, (3, 5, 10, 20, 200)),
-             ("frey", FREY_HIDDEN, 1_591, (2, 5, 10, 20)))
+    grid = _fig2_grid(ctx)
+    trained = _train_all(ctx, [cfg for *_, cfg in grid])
+    if trained is None:
+        return []
     out: list[Section] = []
     rows = []
-    for dataset, hidden, n_train, sizes in grids:
-        if ctx.budget < 0.01:  # a quick look: two latent sizes per dataset
-            sizes = sizes[:2]
-        label = "MNIST" if dataset == "mnist" else "Frey Face"
-        for d in sizes:
-            runs = {}
-            for model, name in (("vae", "AEVB"), ("wake_sleep", "wake-sleep")):
-                cfg = kw_config(f"fig2-{dataset}-z{d}-{model}", model=model, dataset=dataset, latent_dim=d,
-                                hidden=hidden, steps=_steps(ctx, 1e7), n_train=n_train, seed=ctx.seed,
-                                **_eval(ctx))
-                runs[name] = train_child(ctx, cfg)
-                ev = child_eval(runs[name])
-                rows.append([label, d, name, ev.get("step", 0) * BATCH, _fmt(ev.get("elbo")),
-                             _fmt(ev.get("log_px"), ev.get("log_px_stderr"))])
-            x, y, labels, styles, colors = _bound_curves(runs)
-            out.append(CurvesSection(
-                name=f"fig2-{dataset}-z{d}", title=f"{label}, {d} latent variables",
-                caption="Lower bound (nats per example) against training samples evaluated: solid the "
-                        "training set (window means while training), dashed the held-out set.",
-                x=x, y=y, labels=labels, styles=styles, colors=colors, xlabel="training samples evaluated",
-                ylabel="lower bound (nats)", logx=True))
+    by_size: dict[tuple[str, str, int], dict[str, Path]] = {}
+    for (dataset, label, d, name, _), run in zip(grid, trained):
+        by_size.setdefault((dataset, label, d), {})[name] = run
+        ev = child_eval(run)
+        rows.append([label, d, name, ev.get("step", 0) * BATCH, _fmt(ev.get("elbo")),
+                     _fmt(ev.get("log_px"), ev.get("log_px_stderr"))])
+    for (dataset, label, d), runs in by_size.items():
+        x, y, labels, styles, colors = _bound_curves(runs)
+        out.append(CurvesSection(
+            name=f"fig2-{dataset}-z{d}", title=f"{label}, {d} latent variables",
+            caption="Lower bound (nats per example) against training samples evaluated: solid the "
+                    "training set (window means while training), dashed the held-out set.",
+            x=x, y=y, labels=labels, styles=styles, colors=colors, xlabel="training samples evaluated",
+            ylabel="lower bound (nats)", logx=True))
     out.append(TableSection(
         name="fig2-numbers", title="Final test numbers",
         caption="Test-set ELBO and importance-sampled log p(x) (nats per example) of each run's "

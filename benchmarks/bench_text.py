@@ -27,11 +27,17 @@ the top (so the matmuls an LSTM runs count as LSTM).
 
 Run: ``python benchmarks/bench_text.py --threads 2`` (about 10 minutes), writes
 ``benchmarks/results/text_<threads>threads.md``.
+
+``--against fp32``: instead, vaelab with ``train.precision = "bf16"`` (the LSTMs and linear maps under
+bf16 autocast, the softmax and losses in float32) against vaelab in float32, the same weights and
+batches, interleaved the same way; writes ``text_bf16_<threads>threads.md``. bf16 pays on CPUs with
+AVX512-BF16 or AMX.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -81,8 +87,9 @@ def copy_weights(plain: PlainSentenceVAE, model) -> None:
                 pa.copy_(pb)
 
 
-def train_vaelab(model, batches: SequenceBatches, steps: int, slice_steps: int):
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, grad_clip=5.0, optimizer="adam", log_every=10**9)
+def train_vaelab(model, batches: SequenceBatches, steps: int, slice_steps: int, precision: str = "fp32"):
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, grad_clip=5.0, optimizer="adam", log_every=10**9,
+                      precision=precision)
     trainer = Trainer(model, cfg, batches)
     total = min(steps, trainer.total_steps)
     while trainer.step < total:
@@ -129,10 +136,11 @@ CATEGORIES = [
 ]
 
 
-def profile_breakdown(model, batches, steps: int) -> list[tuple[str, float]]:
+def profile_breakdown(model, batches, steps: int, precision: str = "fp32") -> list[tuple[str, float]]:
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, grad_clip=5.0, optimizer="adam", log_every=10**9)
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, grad_clip=5.0, optimizer="adam", log_every=10**9,
+                      precision=precision)
     trainer = Trainer(model, cfg, batches)
     trainer.total_steps = 5
     trainer.fit()  # warm-up
@@ -160,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600, help="training steps per contender")
     ap.add_argument("--slice", type=int, default=20, help="steps per turn")
     ap.add_argument("--profile-steps", type=int, default=40)
+    ap.add_argument("--against", choices=["plain", "fp32"], default="plain",
+                    help="plain: the plain PyTorch loop; fp32: vaelab bf16 against vaelab float32")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -174,8 +184,13 @@ def main(argv=None) -> int:
     # the plain loop's batches: the same bucketed epoch, as padded tensors and CPU lengths
     plain_batches = [(b.tokens, b.lengths.cpu()) for _, b in zip(range(args.steps), batches.epoch(0))]
     tokens_per_step = [int(lens.sum()) for _, lens in plain_batches]
-    runs = {"vaelab": train_vaelab(model, batches, args.steps, args.slice),
-            "plain": train_plain(plain, plain_batches, ids, args.slice)}
+    if args.against == "plain":
+        runs = {"vaelab": train_vaelab(model, batches, args.steps, args.slice),
+                "plain": train_plain(plain, plain_batches, ids, args.slice)}
+    else:
+        batches_fp32 = SequenceBatches(bundle.train, BATCH, pad_id=ids["pad_id"], seed=0)
+        runs = {"vaelab": train_vaelab(model, batches, args.steps, args.slice, "bf16"),
+                "plain": train_vaelab(copy.deepcopy(model), batches_fp32, args.steps, args.slice)}
     pos = {"vaelab": 0, "plain": 0}
 
     def tokens(name: str, n: int) -> int:  # the tokens of each contender's next n steps
@@ -184,11 +199,18 @@ def main(argv=None) -> int:
 
     rates, ratios = interleave(runs, tokens)
     med = {k: statistics.median(v[1:]) for k, v in rates.items()}
-    breakdown = profile_breakdown(model, batches, args.profile_steps)
+    bf16 = args.against == "fp32"
+    breakdown = profile_breakdown(model, batches, args.profile_steps, "bf16" if bf16 else "fp32")
+    names = {"vaelab": "vaelab, train.precision = bf16", "plain": "vaelab, float32"} if bf16 else {}
+    ratio_lines = speed_lines(ratios, breakdown, args.profile_steps)
+    if bf16:
+        ratio_lines[0] = ratio_lines[0].replace("vaelab / plain", "bf16 / float32")
     lines = [
-        f"# Sentence VAE training throughput ({args.threads} threads)",
+        f"# Sentence VAE training throughput{', bf16 against float32' if bf16 else ''} "
+        f"({args.threads} threads)",
         "",
-        f"`python benchmarks/bench_text.py --threads {args.threads} --steps {args.steps}` · "
+        f"`python benchmarks/bench_text.py --threads {args.threads} --steps {args.steps}"
+        f"{' --against fp32' if bf16 else ''}` · "
         f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} · load average at the end "
         f"{os.getloadavg()[0]:.1f}",
@@ -198,13 +220,14 @@ def main(argv=None) -> int:
         "",
         "| contender | median tokens/s |",
         "|---|---|",
-        *(f"| {k} | {v:,.0f} |" for k, v in med.items()),
+        *(f"| {names.get(k, k)} | {v:,.0f} |" for k, v in med.items()),
         "",
-        *speed_lines(ratios, breakdown, args.profile_steps),
+        *ratio_lines,
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out or Path(__file__).parent / "results" / f"text_{args.threads}threads.md")
+    stem = "text_bf16" if bf16 else "text"
+    out = Path(args.out or Path(__file__).parent / "results" / f"{stem}_{args.threads}threads.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)

@@ -414,3 +414,40 @@ def test_the_best_checkpoint_is_the_best_bound_not_the_lowest_training_loss(tmp_
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "best").meta["step"] == by_bound
     assert selection_value({"loss": 3.0, "elbo": -5.0}) == 5.0
     assert selection_value({"loss": 3.0}) == 3.0 and selection_value({"loss": 3.0, "elbo": math.nan}) == 3.0
+
+
+# ------------------------------------------------------------------------------------------ bf16
+def test_bf16_precision_runs_the_products_in_bf16_and_the_probabilities_in_float32(tmp_path):
+    """train.precision = 'bf16': the networks' linear layers see bf16 under autocast, the loss is a
+    float32 number within 2% of float32's on the same weights and noise, and training stays finite."""
+    trainer = _trainer(tmp_path / "bf16", precision="bf16")
+    model = trainer.model
+    seen = []
+    hook = model.encoder.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+    trainer.fit()
+    hook.remove()
+    # training steps in bf16; validation (eval mode) in float32
+    assert {d for training, d in seen if training} == {torch.bfloat16}
+    assert {d for training, d in seen if not training} == {torch.float32}
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    x = DATA[:64].bernoulli(generator=torch.Generator().manual_seed(2))
+    model.train()
+    losses = {}
+    for on in (False, True):
+        torch.manual_seed(3)  # the same eps
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            losses[on] = model(x).loss
+    assert losses[True].dtype == torch.float32
+    assert losses[True].item() == pytest.approx(losses[False].item(), rel=0.02)
+    assert losses[True].item() != losses[False].item()  # the products really ran in bf16
+
+
+def test_bf16_precision_is_refused_for_a_family_that_does_not_declare_it():
+    from vaelab.models.vqvae import VQVAEConfig
+
+    model = build_model(VQVAEConfig(hidden=8, res_blocks=1, res_channels=4, codebook_size=4, code_dim=2),
+                        DataSpec((1, 8, 8), "binary"))
+    batches = TensorBatches(DATA[:, :, :4, :4].repeat(1, 1, 2, 2).bernoulli(), 10)
+    with pytest.raises(VaelabError, match="does not support train.precision = 'bf16'"):
+        Trainer(model, TrainConfig(precision="bf16"), batches)

@@ -120,6 +120,10 @@ class TrainConfig:
     patience: early stopping after this many evaluations without improvement (0: off).
     time_limit_min: stop (with a checkpoint) after this many minutes of training (0: no limit).
     compile: run the model's loss through torch.compile.
+    precision: ``fp32``, or ``bf16``: the training loss's forward pass runs under ``torch.autocast``
+        with bfloat16 (matrix products and convolutions in bf16, losses and reductions in float32;
+        weights, gradients and the optimizer's state stay float32). It pays on GPUs from Ampere on
+        and on CPUs with AVX512-BF16 or AMX; validation, evaluation and sampling stay float32.
     threads: torch intra-op threads (0: PyTorch's default).
     ema_decay: keep an exponential moving average of the weights with this decay per step and use
         it for validation, checkpoints and everything after training (0: off; 0.999-0.9999 is
@@ -152,6 +156,7 @@ class TrainConfig:
     max_steps: int = 0
     time_limit_min: float = 0.0
     compile: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
     threads: int = 0
     ema_decay: float = 0.0
     ema_every: int = 1

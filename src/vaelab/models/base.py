@@ -142,6 +142,10 @@ class Model(nn.Module, ABC):
     """True when the per-example ``elbo`` of ``loss`` (in eval mode) is the exact log p(x), not a
     bound (an autoregressive model such as the LSTM language model): evaluation then reports it as
     the model's log-likelihood, without "upper bound" labels."""
+    supports_bf16: ClassVar[bool] = False
+    """True when ``loss`` may run under bf16 autocast (``train.precision = "bf16"``): the family casts
+    its networks' outputs to float32 where the probabilities start (likelihoods, KL terms, code
+    assignments), so that only the matrix products run in bf16. Others are refused in one line."""
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

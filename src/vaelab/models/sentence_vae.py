@@ -267,7 +267,8 @@ class LSTMDecoder(nn.Module):
         # the softmax over V words is most of a step's time: computed at the real positions only,
         # as (n, V) rows (several times faster on CPU than cross_entropy with the class dim in the middle)
         mask = batch.mask
-        nll = F.cross_entropy(self.project(self.drop(h[mask])), batch.tokens[mask], reduction="none")  # (n,)
+        logits = self.project(self.drop(h[mask])).float()  # float32 (bf16 under autocast): the softmax
+        nll = F.cross_entropy(logits, batch.tokens[mask], reduction="none")  # (n,)
         return -torch.zeros(mask.shape, dtype=nll.dtype, device=nll.device).masked_scatter_(mask, nll).sum(1)
 
     # ------------------------------------------------------------------ decoding, one step at a time
@@ -447,6 +448,7 @@ class LSTMLanguageModel(_SentenceModel):
     exact log p(x) per sentence (nothing is bounded), so NLL and perplexity come out as for the VAE."""
 
     Config = LSTMLanguageModelConfig
+    supports_bf16 = True
     exact_likelihood = True
 
     def __init__(self, config: LSTMLanguageModelConfig, spec: DataSpec):
@@ -474,6 +476,7 @@ class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
     """The sentence VAE of Bowman et al. (2016): LSTM encoder -> q(z|x), LSTM decoder from z (module doc)."""
 
     Config = SentenceVAEConfig
+    supports_bf16 = True
 
     def __init__(self, config: SentenceVAEConfig, spec: DataSpec):
         super().__init__(config, spec)
@@ -497,7 +500,7 @@ class SentenceVAE(_SentenceModel, LatentVariableModel, KLAnnealed):
         about a quarter faster on CPU, and the batches are bucketed by length, so little is padding."""
         out, _ = self.enc_lstm(self.enc_embedding(batch.tokens))  # (B, T, H)
         last = out[torch.arange(out.shape[0], device=out.device), batch.lengths - 1]  # (B, H)
-        mu, logvar = self.to_posterior(last).chunk(2, -1)
+        mu, logvar = self.to_posterior(last).float().chunk(2, -1)  # float32 under bf16 autocast too
         return mu, logvar
 
     def encode(self, x: TokenBatch) -> Distribution:

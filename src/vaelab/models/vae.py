@@ -155,11 +155,12 @@ class MLPLatentModel(Model, LatentVariableModel, Reconstructing, Sampling):
         return diag_gaussian(*self._posterior_params(x))
 
     def _posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
+        # float32 from here on: under bf16 autocast only the networks' matrix products are bf16
+        mu, logvar = self.encoder(x.flatten(1)).float().chunk(2, dim=-1)
         return mu, logvar
 
     def _decoder_params(self, z: Tensor) -> Tensor:
-        out = self.decoder(z)  # (..., P * D)
+        out = self.decoder(z).float()  # (..., P * D)
         return out.unflatten(-1, (self.head.params_per_dim, self.spec.n_dims))
 
     def decode(self, z: Tensor) -> Distribution:
@@ -236,6 +237,7 @@ class VAE(MLPLatentModel, KLAnnealed):
     """The VAE: the ELBO (or IWAE-k bound) maximised by the reparameterisation trick (module doc)."""
 
     Config = VAEConfig
+    supports_bf16 = True
 
     # ------------------------------------------------------------------ objectives
     def bound(self, x: Tensor, kl_weight: float | Tensor = 1.0) -> estimators.ElboTerms:

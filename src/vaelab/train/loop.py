@@ -144,6 +144,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
     ):
+        if cfg.precision == "bf16" and not getattr(model, "supports_bf16", False):
+            name = getattr(model, "name", "") or type(model).__name__
+            raise VaelabError(f"model {name} does not support train.precision = 'bf16' (its probabilities "
+                              "would be computed in bf16); set train.precision = 'fp32'")
         self.model = model
         self.cfg = cfg
         self.train_batches = train_batches
@@ -291,7 +295,16 @@ class Trainer:
         fwd = self._forward_model()
         if self.cfg.compile and self._step_fn is None:
             self._step_fn = torch.compile(fwd)
-        return self._step_fn if self._step_fn is not None else fwd
+        fn = self._step_fn if self._step_fn is not None else fwd
+        if self.cfg.precision == "fp32":
+            return fn
+        device_type = next(self.model.parameters()).device.type
+
+        def autocast_loss(batch):
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                return fn(batch)
+
+        return autocast_loss
 
     def _emit(self, row: dict) -> None:
         for cb in self.callbacks:

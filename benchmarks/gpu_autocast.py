@@ -1,6 +1,6 @@
 """bf16 autocast: the VAE's loss and gradients under ``torch.autocast`` against float32, and the training
-throughput (images/s) of both. The trainer has no autocast option; this checks that the model runs under
-it, as a user wrapping their own loop would.
+throughput (images/s) of both, in a loop of its own (the trainer's path is ``train.precision = "bf16"``,
+step 7 of gpu_check.sh).
 
 The network is the MNIST preset's (784-500-500-50 tanh, Bernoulli decoder) on random binary images.
 Pass: the loss is finite and within 2 % of float32's, every gradient is finite, and the flattened

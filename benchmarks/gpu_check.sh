@@ -5,14 +5,15 @@
 #   bash benchmarks/gpu_check.sh [OUT]        # OUT: a new folder for its runs (default runs/gpu_check_<time>)
 #   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
 #
-# Steps, each under its own time limit (30-80 s; in all under 6 minutes):
+# Steps, each under its own time limit (25-80 s; in all under 6.5 minutes):
 #   1. preflight: a GPU is visible, the dependencies import;
 #   2. the tests marked `cuda` (pytest -m cuda);
 #   3. a short training run on CUDA (MNIST when $VAELAB_DATA holds it, else the bundled digits), with
 #      its throughput in images/s;
 #   4. the IS evaluation of that run on CUDA (`vaelab eval`), with its throughput;
 #   5. torchrun with nccl at world size 1 (the trainer then runs DDP and its reductions through nccl);
-#   6. bf16 autocast against float32 (benchmarks/gpu_autocast.py), with both throughputs.
+#   6. bf16 autocast against float32 (benchmarks/gpu_autocast.py), with both throughputs;
+#   7. the trainer with train.precision = "bf16" on step 3's data for 20 s, with its throughput.
 # Everything printed is also written to OUT/gpu_check.log. Exit status: the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ exec > >(tee "$LOG") 2>&1
 FAILED=0
 SUMMARY=()
 
-BUDGET=340  # seconds for all steps: with the small reports between them, under 6 minutes
+BUDGET=365  # seconds for all steps: with the small reports between them, under 6.5 minutes
 
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, record PASS/FAIL and its duration
   local name=$1 limit=$2
@@ -116,6 +117,19 @@ step "torchrun, nccl, world size 1" 60 "$PY" -m torch.distributed.run --standalo
   -m vaelab.cli train configs/smoke_vae_digits.toml --device cuda --out "$OUT/torchrun" --quiet --no-eval
 
 step "bf16 autocast" 45 "$PY" benchmarks/gpu_autocast.py --device cuda
+
+# the trainer's own bf16 path (train.precision = "bf16") on the same data as step 3, for 20 seconds
+step "train on cuda, train.precision=bf16" 25 "$PY" -m vaelab.cli train "${TRAIN[@]}" --device cuda \
+  --out "$OUT/train_bf16" --quiet --no-eval --set train.precision=bf16 --set train.time_limit_min=0.33
+timeout 10 "$PY" - "$OUT/train_bf16" <<'PYEOF' || true
+import json, sys
+run = sys.argv[1]
+cfg = json.load(open(f"{run}/config.json"))
+rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
+last = [r for r in rows if r.get("split") == "train"][-1]
+print(f"throughput train, bf16 (cuda): {last['step'] * cfg['train']['batch_size'] / last['time']:,.0f} images/s; "
+      f"last training loss {last['loss']:.2f}")
+PYEOF
 
 echo
 echo "== summary ($SECONDS s in all; log $LOG)"

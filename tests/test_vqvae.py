@@ -333,3 +333,16 @@ def test_a_config_built_by_hand_is_validated_and_vectors_and_grey_levels_are_ref
     with pytest.raises(VaelabError, match="the Bernoulli likelihood needs binary data"):
         _model((1, 8, 8), downsample=1).check_data(torch.full((2, 1, 8, 8), 0.5))
     _model((1, 8, 8), downsample=1, likelihood="gaussian").check_data(torch.full((2, 1, 8, 8), 0.5))
+
+
+def test_under_bf16_autocast_the_encoder_runs_in_bf16_and_the_quantizer_in_float32():
+    model = _model()
+    seen = {}
+    model.encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("encoder", o.dtype))
+    model.quantizer.register_forward_hook(lambda m, i, o: seen.__setitem__("quantizer", (i[0].dtype,
+                                                                                          o.z_q.dtype)))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_images((1, 28, 28)))
+    assert seen == {"encoder": torch.bfloat16, "quantizer": (torch.float32, torch.float32)}
+    assert out.loss.dtype == torch.float32 and out.elbo.dtype == torch.float32

@@ -73,6 +73,7 @@ class PixelCNNPrior(Model, AutoregressivePrior):
     when ``class_conditional``. A batch is a :class:`~vaelab.codes.CodeBatch`."""
 
     Config = PixelCNNPriorConfig
+    supports_bf16 = True
     data_kinds = frozenset({"codes"})
     exact_likelihood: ClassVar[bool] = True
 
@@ -113,7 +114,8 @@ class PixelCNNPrior(Model, AutoregressivePrior):
 
     def position_log_prob(self, codes: Tensor, condition: Tensor | None = None) -> Tensor:
         """log p(c_i | c_<i [, y]) at every position: codes (B, H', W') long -> (B, H', W') nats."""
-        logp = torch.log_softmax(self.network(codes, condition), dim=1)  # (B, K, H', W')
+        logits = self.network(codes, condition).float()  # float32 under bf16 autocast too
+        logp = torch.log_softmax(logits, dim=1)  # (B, K, H', W')
         return logp.gather(1, codes.unsqueeze(1)).squeeze(1)
 
     def log_prob(self, codes: Tensor, condition: Tensor | None = None) -> Tensor:

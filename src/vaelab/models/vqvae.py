@@ -326,6 +326,7 @@ class VQVAE(Model, DiscreteCodeModel, Reconstructing):
     noise; samples come from a prior fitted to the codes afterwards."""
 
     Config = VQVAEConfig
+    supports_bf16 = True
     data_kinds = frozenset({"images"})
 
     def __init__(self, config: VQVAEConfig, spec: DataSpec):
@@ -362,7 +363,7 @@ class VQVAE(Model, DiscreteCodeModel, Reconstructing):
     def decoder_output(self, z_q: Tensor) -> Tensor:
         """The likelihood's parameters: z_q (B, D, H', W') -> (B, P * C, H, W), cropped to the data's size."""
         h, w = self.spec.shape[1:]
-        return self.decoder(z_q)[..., :h, :w]
+        return self.decoder(z_q)[..., :h, :w].float()  # float32 under bf16 autocast too: the likelihood
 
     def decode(self, z_q: Tensor) -> Distribution:
         """p(x|z_q): z_q (B, D, H', W') -> batch (B,), event (C, H, W)."""
@@ -374,8 +375,11 @@ class VQVAE(Model, DiscreteCodeModel, Reconstructing):
 
     def quantize(self, x: Tensor) -> Quantized:
         """The quantizer's output for images x (B, C, H, W); in training mode this updates the
-        codebook's state (EMA statistics, k-means initialisation, restarts)."""
-        return self.quantizer(self.encode_vectors(x))
+        codebook's state (EMA statistics, k-means initialisation, restarts). The quantizer runs in
+        float32 even under bf16 autocast: nearest codes, EMA sums and the losses need its precision."""
+        z_e = self.encode_vectors(x).float()
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self.quantizer(z_e)
 
     @torch.no_grad()
     def encode_codes(self, x: Tensor) -> Tensor:

@@ -58,6 +58,7 @@ Run (each writes ``benchmarks/results/vqvae_<part>_<threads>threads.md`` unless 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import itertools
 import math
@@ -73,7 +74,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from interleave import interleave, speed_lines  # noqa: E402
+from interleave import interleave, quartiles, speed_lines  # noqa: E402
 from vaelab.config import TrainConfig, load_config  # noqa: E402
 from vaelab.data import load_dataset  # noqa: E402
 from vaelab.models import build_model  # noqa: E402
@@ -241,15 +242,46 @@ def speed(args) -> int:
     model = build_model(cfg.model, bundle.spec)
     plain = to_plain(model)
     plain.codebook.copy_(model.quantizer.codebook)
-    trainer = Trainer(model, train_config(cfg, args, args.steps), train_batches(cfg, bundle, args))
     batch = cfg.train.batch_size
-    runs = {"vaelab": run_vaelab(trainer, args.slice),
-            "plain": run_plain(plain, train_batches(cfg, bundle, args), args.steps, args.slice)}
+    if args.against == "plain":
+        trainer = Trainer(model, train_config(cfg, args, args.steps), train_batches(cfg, bundle, args))
+        runs = {"vaelab": run_vaelab(trainer, args.slice),
+                "plain": run_plain(plain, train_batches(cfg, bundle, args), args.steps, args.slice)}
+    else:  # a generic speed path of the trainer against the preset's float32, the same weights
+        option = {"compile": {"compile": True}, "bf16": {"precision": "bf16"}}[args.against]
+        base = copy.deepcopy(model)
+        trainer = Trainer(model, replace(train_config(cfg, args, args.steps), **option),
+                          train_batches(cfg, bundle, args))
+        runs = {"vaelab": run_vaelab(trainer, args.slice),
+                "plain": run_vaelab(Trainer(base, train_config(cfg, args, args.steps),
+                                            train_batches(cfg, bundle, args)), args.slice)}
     # the first turn (left out of the ratios) also holds vaelab's k-means initialisation
     rates, ratios = interleave(runs, lambda name, n: n * batch)
     if not ratios:
         raise SystemExit("too few turns: raise --steps or lower --slice (the first turn is left out)")
     med = {k: statistics.median(v[1:]) for k, v in rates.items()}
+    if args.against != "plain":
+        label = {"compile": "train.compile = true", "bf16": "train.precision = bf16"}[args.against]
+        lines = [
+            f"# VQ-VAE (CIFAR-10) training throughput, {label} against the preset ({args.threads} threads)",
+            "",
+            machine(args, f"python benchmarks/bench_vqvae.py speed --threads {args.threads} "
+                          f"--steps {args.steps} --against {args.against}"),
+            "",
+            f"{len(ratios)} interleaved turns of {args.slice} steps (the first, with k-means and any "
+            "compilation, left out); the same initial weights and batches.",
+            "",
+            "| contender | median images/s |",
+            "|---|---|",
+            f"| vaelab, {label} | {med['vaelab']:,.1f} |",
+            f"| vaelab, the preset (eager, float32) | {med['plain']:,.1f} |",
+            "",
+            f"**{label} / preset: {statistics.median(ratios):.2f}x** (median of per-turn ratios; quartiles "
+            f"{quartiles(ratios)[0]:.2f}-{quartiles(ratios)[1]:.2f}).",
+            "",
+        ]
+        write("\n".join(lines), args, f"speed_{args.against}")
+        return 0
     torch.manual_seed(args.seed)
     breakdown = profile_breakdown(build_model(cfg.model, bundle.spec), cfg, bundle, args)
     m = cfg.model
@@ -431,6 +463,9 @@ def main(argv=None) -> int:
     s.add_argument("--steps", type=int, default=600, help="training steps per contender")
     s.add_argument("--slice", type=int, default=20, help="steps per turn")
     s.add_argument("--profile-steps", type=int, default=40)
+    s.add_argument("--against", choices=["plain", "compile", "bf16"], default="plain",
+                   help="plain: the plain loop; compile / bf16: vaelab with train.compile / "
+                        "train.precision = bf16 against the preset's eager float32")
     p = sub.add_parser("peers", parents=[common], help="quantizer options and the peer at equal steps")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--variants", default="abcdef", help="which of a-f to run (default all)")

@@ -444,10 +444,10 @@ def test_bf16_precision_runs_the_products_in_bf16_and_the_probabilities_in_float
 
 
 def test_bf16_precision_is_refused_for_a_family_that_does_not_declare_it():
-    from vaelab.models.vqvae import VQVAEConfig
+    from vaelab.models.wake_sleep import WakeSleepConfig
 
-    model = build_model(VQVAEConfig(hidden=8, res_blocks=1, res_channels=4, codebook_size=4, code_dim=2),
-                        DataSpec((1, 8, 8), "binary"))
-    batches = TensorBatches(DATA[:, :, :4, :4].repeat(1, 1, 2, 2).bernoulli(), 10)
-    with pytest.raises(VaelabError, match="does not support train.precision = 'bf16'"):
+    model = build_model(WakeSleepConfig(latent_dim=2, hidden=[8]), SPEC)
+    assert not model.supports_bf16
+    batches = TensorBatches(DATA.bernoulli(generator=torch.Generator().manual_seed(0)), 10)
+    with pytest.raises(VaelabError, match="model wake_sleep does not support train.precision = 'bf16'"):
         Trainer(model, TrainConfig(precision="bf16"), batches)

@@ -128,6 +128,15 @@ def test_a_folder_being_trained_is_refused_and_a_stale_lock_is_taken_over(tmp_pa
     assert (out / "checkpoints").is_dir() and not lock.exists()
 
 
+def test_bf16_is_refused_in_one_line_for_a_family_that_does_not_declare_it(tmp_path, capsys):
+    smoke = str(ROOT / "configs" / "smoke_wake_sleep_digits.toml")
+    out = tmp_path / "ws"
+    assert main(["train", smoke, "--out", str(out), "--quiet", "--set", "train.precision=bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "model wake_sleep does not support train.precision = 'bf16'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_train_records_the_given_command_and_resuming_a_version_1_folder_keeps_it_version_1(tmp_path):
     from vaelab.runfolder import command_line
 

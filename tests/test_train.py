@@ -441,13 +441,3 @@ def test_bf16_precision_runs_the_products_in_bf16_and_the_probabilities_in_float
     assert losses[True].dtype == torch.float32
     assert losses[True].item() == pytest.approx(losses[False].item(), rel=0.02)
     assert losses[True].item() != losses[False].item()  # the products really ran in bf16
-
-
-def test_bf16_precision_is_refused_for_a_family_that_does_not_declare_it():
-    from vaelab.models.wake_sleep import WakeSleepConfig
-
-    model = build_model(WakeSleepConfig(latent_dim=2, hidden=[8]), SPEC)
-    assert not model.supports_bf16
-    batches = TensorBatches(DATA.bernoulli(generator=torch.Generator().manual_seed(0)), 10)
-    with pytest.raises(VaelabError, match="model wake_sleep does not support train.precision = 'bf16'"):
-        Trainer(model, TrainConfig(precision="bf16"), batches)

@@ -323,6 +323,9 @@ def prepare(cfg: RunConfig, device: torch.device, *, rank: int = 0, world: int =
         check_codes_parent(bundle, cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, spec).to(device)
+    if cfg.train.precision == "bf16" and not model.supports_bf16:
+        raise VaelabError(f"model {model.name} does not support train.precision = 'bf16' (its probabilities "
+                          "would be computed in bf16); set train.precision = 'fp32'")
     b = split_batches(bundle, cfg, device, rank=rank, world=world)
     if b.check is not None:
         model.check_data(b.check)

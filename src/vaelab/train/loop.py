@@ -144,10 +144,6 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
     ):
-        if cfg.precision == "bf16" and not getattr(model, "supports_bf16", False):
-            name = getattr(model, "name", "") or type(model).__name__
-            raise VaelabError(f"model {name} does not support train.precision = 'bf16' (its probabilities "
-                              "would be computed in bf16); set train.precision = 'fp32'")
         self.model = model
         self.cfg = cfg
         self.train_batches = train_batches

@@ -375,55 +375,48 @@ def train_run(
     if resume and not has_ckpt:
         raise VaelabError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     version = run_version(run_dir) if resume else RUN_VERSION
-    with ExitStack() as held:
-        return _train(cfg, run_dir, device, resume, progress, extra_callbacks, command, version, rank, world,
-                      held)
-
-
-def _train(cfg: RunConfig, run_dir: Path, device: torch.device, resume: bool, progress: bool | None,
-           extra_callbacks: list[Callback] | None, command: str | None, version: int, rank: int, world: int,
-           held: ExitStack) -> tuple[Trainer, Prepared]:
-    _link_parent(cfg, run_dir, resume)
-    prep = prepare(cfg, device, rank=rank, world=world)
-    if rank == 0:  # the data and model are valid: from here on this process writes into the folder
-        held.enter_context(run_lock(run_dir))
-    if rank == 0:
-        # config.json as dump_json writes it (keys sorted)
-        start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)
-    recorded = read_lr_search(run_dir) if resume else None
-    if recorded is not None:
-        cfg.train.lr = recorded.chosen
-    elif cfg.train.lr_search and not resume:
-        prep.lr_search = search_learning_rate(prep.model, cfg.train, prep.train, cfg.train.lr_search,
-                                              cfg.train.lr_search_steps)
-        cfg.train.lr = prep.lr_search.chosen
+    with ExitStack() as held:  # the run folder's lock, released however training ends
+        _link_parent(cfg, run_dir, resume)
+        prep = prepare(cfg, device, rank=rank, world=world)
         if rank == 0:
-            write_lr_search(run_dir, prep.lr_search)
-    callbacks: list[Callback] = [
-        ProgressBar(progress),
-        JsonlLogger(run_dir / "metrics.jsonl"),
-        Checkpointer(cfg.train.checkpoint_every),
-    ]
-    if cfg.train.patience:
-        callbacks.append(EarlyStopping(cfg.train.patience))
-    try:
-        from vaelab.train.callbacks import TensorBoardLogger
+            # the data and model are valid: from here on this process writes into the folder, alone
+            held.enter_context(run_lock(run_dir))
+            # config.json as dump_json writes it (keys sorted)
+            start_run_folder(run_dir, json.loads(dump_json(cfg)), command, version_file=version >= 2)
+        recorded = read_lr_search(run_dir) if resume else None
+        if recorded is not None:
+            cfg.train.lr = recorded.chosen
+        elif cfg.train.lr_search and not resume:
+            prep.lr_search = search_learning_rate(prep.model, cfg.train, prep.train, cfg.train.lr_search,
+                                                  cfg.train.lr_search_steps)
+            cfg.train.lr = prep.lr_search.chosen
+            if rank == 0:
+                write_lr_search(run_dir, prep.lr_search)
+        callbacks: list[Callback] = [
+            ProgressBar(progress),
+            JsonlLogger(run_dir / "metrics.jsonl"),
+            Checkpointer(cfg.train.checkpoint_every),
+        ]
+        if cfg.train.patience:
+            callbacks.append(EarlyStopping(cfg.train.patience))
+        try:
+            from vaelab.train.callbacks import TensorBoardLogger
 
-        callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
-    except ImportError:
-        pass
-    callbacks += extra_callbacks or []
-    trainer = Trainer(
-        prep.model,
-        cfg.train,
-        prep.train,
-        prep.valid,
-        run_dir=run_dir,
-        callbacks=callbacks,
-        meta=run_meta(cfg, prep.spec),
-    )
-    trainer.fit(resume=run_dir if resume else None)
-    return trainer, prep
+            callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+        callbacks += extra_callbacks or []
+        trainer = Trainer(
+            prep.model,
+            cfg.train,
+            prep.train,
+            prep.valid,
+            run_dir=run_dir,
+            callbacks=callbacks,
+            meta=run_meta(cfg, prep.spec),
+        )
+        trainer.fit(resume=run_dir if resume else None)
+        return trainer, prep
 
 
 def _link_parent(cfg: RunConfig, run_dir: Path, resume: bool) -> None:

@@ -34,7 +34,6 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
 
 @command("reproduce", "reproduce a paper's figure or table (vaelab reproduce --list)", _reproduce_args)
 def reproduce_cmd(args: argparse.Namespace) -> int:
-    from vaelab.errors import VaelabError
     from vaelab.experiment import resolve_device
     from vaelab.reproduce import Context, PartsMissing, get, reproduction_names, run_reproduction
     from vaelab.runfolder import command_line
@@ -47,9 +46,7 @@ def reproduce_cmd(args: argparse.Namespace) -> int:
     rep = get(args.name)
     out = Path(args.out) if args.out else Path("runs") / args.name
     if args.list_parts:
-        if rep.parts is None:
-            raise VaelabError(f"reproduction {args.name!r} has no parts; run it without --part")
-        for part in rep.parts(Context(out=out, budget=args.budget)):
+        for part in rep.part_names(Context(out=out, budget=args.budget)):
             print(part)
         return 0
     device = resolve_device(args.device)

@@ -100,6 +100,12 @@ class Reproduction:
     run: Callable[[Context], list[Section]]
     parts: Callable[[Context], list[str]] | None = None  # its children's names, for --part
 
+    def part_names(self, ctx: Context) -> list[str]:
+        """The names ``--part`` takes at ``ctx``'s budget; a one-line error when it has none."""
+        if self.parts is None:
+            raise VaelabError(f"reproduction {self.name!r} has no parts; run it without --part")
+        return self.parts(ctx)
+
 
 REPRODUCTIONS: dict[str, Reproduction] = {}
 
@@ -158,9 +164,9 @@ def run_reproduction(
     threads: int = 0,
     parts: Sequence[str] | None = None,
     command: str | None = None,
-) -> Path | None:
-    """Run reproduction ``name`` into the folder ``out``; returns the report's path, or None when
-    ``parts`` left children untrained (``Context.missing``, raised as :class:`PartsMissing`)."""
+) -> Path:
+    """Run reproduction ``name`` into the folder ``out``; returns the report's path. Raises
+    :class:`PartsMissing` when ``parts`` left children untrained (``Context.missing``)."""
     from vaelab.report.build import build_report
     from vaelab.sections import write_sections
 
@@ -172,9 +178,7 @@ def run_reproduction(
     ctx = Context(out=Path(out), budget=budget, device=device or torch.device("cpu"), seed=seed,
                   progress=progress, threads=threads)
     if parts:
-        if rep.parts is None:
-            raise VaelabError(f"reproduction {name!r} has no parts; run it without --part")
-        known = rep.parts(ctx)
+        known = rep.part_names(ctx)
         unknown = [p for p in parts if p not in known]
         if unknown:
             raise VaelabError(f"unknown part {unknown[0]!r} of {name}; its parts: {', '.join(known)}")
